@@ -1,0 +1,70 @@
+"""DCGAN on Fashion-MNIST (real data, offline through Debian's dataset-fashion-mnist), the default job.
+
+    python -m experiments.main --config=configs/gan.py --workdir=runs/gan
+
+Variants, comma-separated after a colon (later ones win where they overlap):
+    configs/gan.py:mnist      MNIST (TFDS download, or --config.data.manual_dir with its IDX files)
+    configs/gan.py:cifar10    CIFAR-10, 32x32x3 (TFDS download)
+    configs/gan.py:smoke      a tiny model for a few steps (tests, CI)
+Any field can be overridden: --config.num_steps=500 --config.batch_size=128 --config.loss=hinge
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.experiment = "gan"
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "fashion_mnist"
+  config.data.split = "train"
+  config.data.data_dir = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.data.manual_dir = ""  # '' = the dataset's default local folder (e.g. Debian's)
+  config.data.download = True  # let TFDS download when the data is not local
+
+  config.model = ml_collections.ConfigDict()
+  config.model.latent_dim = 100
+  config.model.g_features = 64  # G: z -> 256@7x7 -> 128@14x14 -> 1@28x28
+  config.model.d_features = 64  # D mirrors G
+  config.model.conv_impl = "auto"  # 'auto': GEMM formulations on CPU, XLA's convolutions elsewhere
+  config.model.dtype = "float32"
+
+  config.loss = "nonsaturating"  # or 'hinge'
+  config.batch_size = 64  # GLOBAL batch size, split over processes and devices
+  config.num_steps = 2800
+  config.g_lr = 2e-4
+  config.d_lr = 2e-4
+  config.b1 = 0.5
+  config.b2 = 0.999
+  config.ema_decay = 0.999  # EMA of G's weights for samples and evaluation; 0 disables
+
+  config.log_every = 50
+  config.sample_every = 400
+  config.checkpoint_every = 400
+  config.keep_checkpoints = 3
+  config.num_sample_images = 64  # fixed-noise grid, 8x8
+
+  for variant in filter(None, (arg or "").split(",")):
+    if variant == "mnist":
+      config.data.name = "mnist"
+      config.data.manual_dir = ""
+    elif variant == "cifar10":
+      config.data.name = "cifar10"
+      config.num_steps = 5000
+      config.batch_size = 128
+    elif variant == "smoke":
+      config.model.latent_dim = 16
+      config.model.g_features = 8
+      config.model.d_features = 8
+      config.batch_size = 8
+      config.num_steps = 4
+      config.log_every = 2
+      config.sample_every = 2
+      config.checkpoint_every = 2
+      config.num_sample_images = 16
+      config.ema_decay = 0.9
+    else:
+      raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist or cifar10")
+  return config

@@ -1,0 +1,105 @@
+"""Orbax checkpoints of a training state: save every N steps, keep the last K, resume from the latest good one.
+
+A checkpoint holds two items: `state` (the state's arrays, `ocp.args.StandardSave`) and `meta` (JSON: the
+experiment, dataset and image shape). Before anything is restored, both are compared with the current run;
+a checkpoint of another experiment or with other shapes raises `CheckpointMismatchError` naming the
+difference, and nothing in the workdir is changed. A checkpoint that fails to load (truncated or missing
+files) is reported with its step and skipped in favour of the one before it; Orbax writes each checkpoint to
+a temporary folder and renames it when complete, so a write killed halfway never looks finished.
+"""
+
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from tlgan.errors import CheckpointMismatchError, UserError
+
+
+def _shapes(tree) -> Dict[str, tuple]:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
+
+
+class Checkpointer:
+  """Saves and restores `state` (any flax struct / pytree) under `directory`."""
+
+  def __init__(self, directory: str, meta: Dict[str, Any], *, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self.meta = meta
+    self._max_to_keep = max_to_keep
+    self._manager: Optional[ocp.CheckpointManager] = None
+
+  @property
+  def manager(self) -> ocp.CheckpointManager:
+    # Created on first use: a workdir whose checkpoints are refused is never written to.
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True),
+          item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    return self._manager
+
+  def steps(self):
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(self.manager.all_steps())
+
+  def _check_compatible(self, step: int, target_dict) -> None:
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    for key, value in self.meta.items():
+      if key in meta and meta[key] != value:
+        raise CheckpointMismatchError(
+            f"workdir checkpoint {step} in {self.directory} has {key}={meta[key]!r}, this run has {value!r}: "
+            "use another --workdir (or delete that one)")
+    saved = _shapes(self.manager.item_metadata(step)["state"])
+    wanted = _shapes(target_dict)
+    for key in sorted(set(saved) | set(wanted)):
+      if saved.get(key) != wanted.get(key):
+        raise CheckpointMismatchError(
+            f"workdir checkpoint {step} in {self.directory} does not fit this config: {key} is "
+            f"{saved.get(key, 'absent')} there and {wanted.get(key, 'absent')} here; use another --workdir")
+
+  def restore_latest(self, state):
+    """Returns (restored state, step), or (state, None) when there is no checkpoint."""
+    steps = self.steps()
+    if not steps:
+      return state, None
+    target = serialization.to_state_dict(state)
+    for step in reversed(steps):
+      try:
+        self._check_compatible(step, target)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # unreadable metadata: a damaged checkpoint
+        logging.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
+                        step, self.directory, type(e).__name__, e)
+        continue
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+      except Exception as e:
+        logging.warning("checkpoint %d in %s failed to load (%s: %s); trying the one before it",
+                        step, self.directory, type(e).__name__, e)
+        continue
+      logging.info("Restored checkpoint %d from %s", step, self.directory)
+      return serialization.from_state_dict(state, restored["state"]), step
+    raise UserError(f"no loadable checkpoint in {self.directory} (steps {steps} are all damaged): "
+                    "move that folder away to start over")
+
+  def save(self, step: int, state) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+        meta=ocp.args.JsonSave(self.meta)), force=True)
+
+  def wait(self) -> None:
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()

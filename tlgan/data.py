@@ -1,0 +1,263 @@
+"""Input pipelines: TFDS -> in-memory split shard -> tf.data batches whose content is a function of (seed, step).
+
+Where data comes from, in order:
+  1. a TFDS dataset already prepared in `data_dir` (TFDS's own `fashion_mnist`, `mnist`, `cifar10`);
+  2. for MNIST-format datasets, the original IDX files in a local folder (Debian's `dataset-fashion-mnist`
+     puts Fashion-MNIST in /usr/share/datasets/fashion-mnist), prepared through a TFDS manual-download
+     builder that subclasses TFDS's own and checks the decompressed bytes;
+  3. TFDS's normal download (online users).
+If none works, `DataUnavailableError` says how to get the data.
+
+Batches. Each process loads its own shard of the split (`tfds.split_for_jax_process`) into memory. The
+example at position `p` of the process's endless stream is `index_shuffle(p mod n, seed=(seed, epoch))`, a
+stateless permutation per epoch, and batch `s` is positions `[s * B, (s + 1) * B)`. So a run resumed at step
+`s` reads exactly the batches an uninterrupted run would, with no state to save and nothing to skip.
+Augmentations draw from stateless RNGs seeded by (seed, step) for the same reason.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import logging
+import os
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tlgan.errors import ConfigError, UserError
+
+tf.config.set_visible_devices([], "GPU")  # tf.data only: leave the accelerators to JAX.
+
+Batch = Dict[str, np.ndarray]
+
+
+class DataUnavailableError(UserError):
+  """The dataset is neither prepared, nor in a local folder, nor downloadable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  image_shape: Tuple[int, int, int]
+  num_classes: int
+  local_dir: Optional[str] = None  # default folder of the original IDX files
+  apt_package: Optional[str] = None  # Debian package that installs them
+
+
+DATASETS = {
+    "fashion_mnist": DatasetSpec((28, 28, 1), 10, "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"),
+    "mnist": DatasetSpec((28, 28, 1), 10),
+    "cifar10": DatasetSpec((32, 32, 3), 10),
+}
+
+
+def spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ConfigError(f"unknown dataset {name!r}: set --config.data.name to one of {', '.join(sorted(DATASETS))}")
+  return DATASETS[name]
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Offline source: original IDX files through a TFDS manual-download builder.
+
+_IDX_FILES = {
+    "train_data": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_data": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+# sha256 of the *decompressed* original files. Debian recompressed the .gz, so the archives' checksums (the
+# ones TFDS records) differ while the content is the original.
+_FASHION_MNIST_SHA256 = {
+    "train_data": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train_labels": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "test_data": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "test_labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+_OFFICIAL_COUNTS = {"train": 60000, "test": 10000}
+
+
+def _find_idx(folder: str, stem: str) -> Optional[str]:
+  for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
+    path = os.path.join(folder, name)
+    if os.path.exists(path):
+      return path
+  return None
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (optionally gzipped) into an array, validating its header against its size."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    raise DataUnavailableError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+  ndim = raw[3]
+  dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  offset = 4 + 4 * ndim
+  if len(raw) - offset != int(np.prod(dims)):
+    raise DataUnavailableError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), file holds {len(raw) - offset}")
+  return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
+
+
+def _sha256_of_content(path: str) -> str:
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+class _IdxBuilderMixin:
+  """Turns TFDS's MNIST-family builder into one fed from local IDX files (the manual dir)."""
+  EXPECTED_SHA256: Dict[str, str] = {}
+
+  def _split_generators(self, dl_manager):
+    folder = str(dl_manager.manual_dir)
+    paths = {}
+    for key, stem in _IDX_FILES.items():
+      path = _find_idx(folder, stem)
+      if path is None:
+        raise DataUnavailableError(f"{stem}(.gz) not found in {folder}")
+      paths[key] = path
+    splits = []
+    for split in ("train", "test"):
+      images, labels = read_idx(paths[f"{split}_data"]), read_idx(paths[f"{split}_labels"])
+      if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
+        raise DataUnavailableError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not pair up")
+      if labels.max(initial=0) >= 10:
+        raise DataUnavailableError(f"{folder}: {split} labels outside 0..9")
+      if len(labels) == _OFFICIAL_COUNTS[split]:  # full-size files must be the original ones
+        for key in (f"{split}_data", f"{split}_labels"):
+          expected = self.EXPECTED_SHA256.get(key)
+          if expected and _sha256_of_content(paths[key]) != expected:
+            raise DataUnavailableError(f"{paths[key]}: decompressed content does not match the original {self.name} "
+                             "file (sha256); reinstall the data")
+      splits.append(tfds.core.SplitGenerator(name=split, gen_kwargs=dict(images=images, labels=labels)))
+    return splits
+
+  def _generate_examples(self, images, labels):
+    for index, (image, label) in enumerate(zip(images, labels)):
+      yield index, {"image": image[..., None], "label": int(label)}
+
+
+class FashionMnistIdx(_IdxBuilderMixin, tfds.image_classification.FashionMNIST):
+  """TFDS's `fashion_mnist` (same features and label names) built from the original IDX files."""
+  EXPECTED_SHA256 = _FASHION_MNIST_SHA256
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Put the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz, ...) in "
+                                  "the manual dir; `apt-get install dataset-fashion-mnist` does it on Debian.")
+
+
+class MnistIdx(_IdxBuilderMixin, tfds.image_classification.MNIST):
+  """TFDS's `mnist` built from the original IDX files in a local folder."""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Put the four MNIST IDX files (train-images-idx3-ubyte.gz, ...) in the manual dir."
+
+
+_IDX_BUILDERS = {"fashion_mnist": FashionMnistIdx, "mnist": MnistIdx}
+
+
+def get_builder(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+                download: bool = True) -> tfds.core.DatasetBuilder:
+  """A prepared TFDS builder for `name`, preparing it from a local folder or a download if needed."""
+  ds_spec = spec(name)
+  data_dir = data_dir or default_data_dir()
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  manual_dir = manual_dir or ds_spec.local_dir
+  if name in _IDX_BUILDERS and manual_dir and os.path.isdir(manual_dir):
+    idx_builder = _IDX_BUILDERS[name](data_dir=data_dir)
+    if not idx_builder.is_prepared():
+      logging.info("Preparing %s from the IDX files in %s", name, manual_dir)
+      idx_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return idx_builder
+  how = []
+  if ds_spec.apt_package:
+    how.append(f"install Debian's package {ds_spec.apt_package} (apt-get install {ds_spec.apt_package})")
+  if name in _IDX_BUILDERS:
+    how.append("point --config.data.manual_dir at a folder with its IDX files")
+  how.append("connect to the network so TFDS can download it")
+  message = f"dataset {name} is not available offline: " + ", or ".join(how)
+  if not download:
+    raise DataUnavailableError(message)
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # TFDS raises many kinds of network errors; all mean the same thing here.
+    raise DataUnavailableError(f"{message} (download failed: {type(e).__name__})") from e
+  return builder
+
+
+def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+               download: bool = True, process_index: int = 0,
+               process_count: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+  """This process's shard of a split, in memory: (uint8 images NHWC, int32 labels)."""
+  builder = get_builder(name, data_dir, manual_dir, download)
+  shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+  data = tfds.as_numpy(builder.as_dataset(split=shard, batch_size=-1))
+  images, labels = np.asarray(data["image"], np.uint8), np.asarray(data["label"], np.int32)
+  if images.ndim != 4 or len(images) == 0:
+    raise DataUnavailableError(f"{name}[{shard}] holds no images")
+  return images, labels
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches.
+
+def to_gan_range(batch: Dict[str, tf.Tensor], step: tf.Tensor) -> Dict[str, tf.Tensor]:
+  """uint8 [0, 255] -> float32 [-1, 1]."""
+  del step
+  return {"image": tf.cast(batch["image"], tf.float32) / 127.5 - 1.0, "label": batch["label"]}
+
+
+def stream_indices(step: tf.Tensor, batch_size: int, num_examples: int, seed: int) -> tf.Tensor:
+  """Indices of batch `step` in the stream of per-epoch stateless permutations."""
+  positions = tf.range(batch_size, dtype=tf.int64) + tf.cast(step, tf.int64) * batch_size
+  epochs = positions // num_examples
+  seeds = tf.stack([tf.fill(tf.shape(epochs), tf.constant(seed, tf.int64)), epochs, tf.zeros_like(epochs)], 1)
+  # The raw op: the public wrapper pads a batched seed wrongly (TF 2.21).
+  return tf.raw_ops.RandomIndexShuffle(index=positions % num_examples, seed=seeds,
+                                       max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)
+
+
+def train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, start_step: int = 0,
+                  map_fn: Callable = to_gan_range) -> tf.data.Dataset:
+  """Endless dataset of batches `start_step, start_step + 1, ...`; batch `s` depends only on (seed, s)."""
+  n = len(images)
+  if batch_size <= 0:
+    raise ConfigError(f"batch size must be positive, got {batch_size}")
+  images_t, labels_t = tf.constant(images), tf.constant(labels)
+
+  def make_batch(step):
+    idx = stream_indices(step, batch_size, n, seed)
+    return map_fn({"image": tf.gather(images_t, idx), "label": tf.gather(labels_t, idx)}, step)
+
+  ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  options = tf.data.Options()
+  options.deterministic = True
+  ds = ds.with_options(options)
+  return ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
+def train_batches(images, labels, **kwargs) -> Iterator[Batch]:
+  """`train_dataset` as an iterator of numpy batches."""
+  return train_dataset(images, labels, **kwargs).as_numpy_iterator()
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                 map_fn: Callable = to_gan_range) -> Iterator[Batch]:
+  """One pass in order; the last batch is padded and `mask` marks the real examples."""
+  n = len(images)
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
+  images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+  labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+  ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels, "mask": mask}).batch(batch_size)
+  ds = ds.map(lambda b: {**map_fn({"image": b["image"], "label": b["label"]}, 0), "mask": b["mask"]})
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

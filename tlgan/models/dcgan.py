@@ -1,0 +1,95 @@
+"""DCGAN generator and discriminator (Radford et al., 2016), shaped for 28x28 and 32x32 images.
+
+Conventions from the paper: transposed convolutions with BatchNorm + ReLU in G and a tanh output; strided
+convolutions with LeakyReLU(0.2) in D, BatchNorm on every D layer but the first; weights drawn from N(0, 0.02)
+(BatchNorm scales from N(1, 0.02)).
+
+The spatial plan comes from the image size: the image is halved while it stays even and at least 4 pixels
+(28 -> 14 -> 7, 32 -> 16 -> 8 -> 4). With `features=64`, 28x28 gives G: z -> 256@7x7 -> 128@14x14 -> 1@28x28
+(the pytorch/examples DCGAN adapted to 28x28) and D mirrors it.
+"""
+
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tlgan.models.layers import Conv, ConvTranspose
+
+dcgan_init = nn.initializers.normal(0.02)
+
+
+def bn_scale_init(key, shape, dtype=jnp.float32):
+  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def num_upsamplings(image_size: int) -> int:
+  """How many stride-2 stages between the smallest feature map and the image."""
+  n, size = 0, image_size
+  while size % 2 == 0 and size // 2 >= 4:
+    size //= 2
+    n += 1
+  if n == 0:
+    raise ValueError(f"image_size {image_size} cannot be halved to a >= 4 pixel map; use e.g. 28 or 32")
+  return n
+
+
+def stage_widths(image_size: int, features: int) -> Tuple[int, ...]:
+  """Channel widths from the image side inwards, one per stride-2 stage: features * (2, 4, 8, ...).
+
+  This is the pytorch/examples DCGAN (ngf = ndf = 64) cut to the stages a small image has.
+  """
+  return tuple(features * 2**(i + 1) for i in range(num_upsamplings(image_size)))
+
+
+def _batch_norm(train: bool, axis_name: Optional[str], dtype: Any):
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name,
+                      scale_init=bn_scale_init, dtype=dtype)
+
+
+class Generator(nn.Module):
+  """z (N, latent_dim) -> images (N, H, W, C) in [-1, 1]."""
+  image_shape: Sequence[int] = (28, 28, 1)
+  features: int = 64
+  conv_impl: str = "auto"
+  dtype: Any = None
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, z, train: bool = True):
+    h, w, c = self.image_shape
+    widths = stage_widths(h, self.features)
+    n_up = len(widths)
+    h0, w0 = h // 2**n_up, w // 2**n_up
+    x = nn.Dense(h0 * w0 * widths[-1], use_bias=False, kernel_init=dcgan_init, dtype=self.dtype)(z)
+    x = x.reshape(z.shape[0], h0, w0, widths[-1])
+    x = nn.relu(_batch_norm(train, self.axis_name, self.dtype)(x))
+    for width in reversed(widths[:-1]):
+      x = ConvTranspose(width, (4, 4), (2, 2), (1, 1), use_bias=False, impl=self.conv_impl,
+                        kernel_init=dcgan_init, dtype=self.dtype)(x)
+      x = nn.relu(_batch_norm(train, self.axis_name, self.dtype)(x))
+    x = ConvTranspose(c, (4, 4), (2, 2), (1, 1), use_bias=True, impl=self.conv_impl,
+                      kernel_init=dcgan_init, dtype=self.dtype)(x)
+    return jnp.tanh(x.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  """images (N, H, W, C) in [-1, 1] -> logits (N,)."""
+  image_shape: Sequence[int] = (28, 28, 1)
+  features: int = 64
+  conv_impl: str = "auto"
+  dtype: Any = None
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    widths = stage_widths(self.image_shape[0], self.features)
+    for i, width in enumerate(widths):
+      x = Conv(width, (4, 4), (2, 2), (1, 1), use_bias=(i == 0), impl=self.conv_impl,
+               kernel_init=dcgan_init, dtype=self.dtype)(x)
+      if i > 0:
+        x = _batch_norm(train, self.axis_name, self.dtype)(x)
+      x = nn.leaky_relu(x, 0.2)
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(1, kernel_init=dcgan_init, dtype=self.dtype)(x)[:, 0].astype(jnp.float32)

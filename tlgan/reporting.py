@@ -1,0 +1,134 @@
+"""What a run leaves for a researcher: TensorBoard events, a JSON-lines metrics file, PNG grids and curves,
+and JSON summaries. Every writer is a no-op outside process 0, and files are written atomically (temporary
+file + rename), so a killed run never leaves a half-written PNG or JSON behind.
+"""
+
+import json
+import math
+import os
+import tempfile
+from typing import Dict, Iterable, List, Optional
+
+import jax
+import numpy as np
+from PIL import Image
+
+
+def is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+def _atomic_write(path: str, write_fn, mode: str = "wb") -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+  try:
+    with os.fdopen(fd, mode) as f:
+      write_fn(f)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def write_json(path: str, obj) -> None:
+  if is_writer():
+    _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode="w")
+
+
+def image_grid(images: np.ndarray, columns: Optional[int] = None, padding: int = 2) -> np.ndarray:
+  """(N, H, W, C) floats in [-1, 1] -> one uint8 image (rows x columns tiles, white padding)."""
+  images = np.asarray(images, np.float32)
+  n, h, w, c = images.shape
+  columns = columns or int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / columns))
+  tiles = np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  grid = np.full((rows * (h + padding) + padding, columns * (w + padding) + padding, c), 255, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, columns)
+    y, x = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y:y + h, x:x + w] = tiles[i]
+  return grid
+
+
+def save_image_grid(path: str, images: np.ndarray, upscale: int = 2) -> None:
+  if not is_writer():
+    return
+  grid = image_grid(images)
+  pil = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  if upscale > 1:
+    pil = pil.resize((pil.width * upscale, pil.height * upscale), Image.NEAREST)
+  _atomic_write(path, lambda f: pil.save(f, format="PNG"))
+
+
+def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str], title: str = "") -> None:
+  """Line plots of `keys` over `history` (dicts with a 'step'), one panel per key."""
+  if not is_writer() or not history:
+    return
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  keys = [k for k in keys if any(k in row for row in history)]
+  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    rows = [row for row in history if key in row]
+    ax.plot([row["step"] for row in rows], [row[key] for row in rows])
+    ax.set_title(key)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+  plt.close(fig)
+
+
+class MetricWriter:
+  """Scalars to TensorBoard (tensorboardX) and to `metrics.jsonl`; keeps the history for plots."""
+
+  def __init__(self, workdir: str):
+    self.history: List[Dict[str, float]] = []
+    self._jsonl = self._tb = None
+    if is_writer():
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+      self.history = read_jsonl(self._jsonl_path)
+      self._jsonl = open(self._jsonl_path, "a")
+
+  def truncate_after(self, step: int) -> None:
+    """Drops rows logged after `step` (a resumed run re-logs them)."""
+    if self._jsonl is None:
+      return
+    self.history = [row for row in self.history if row["step"] <= step]
+    self._jsonl.close()
+    _atomic_write(self._jsonl_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.history), "w")
+    self._jsonl = open(self._jsonl_path, "a")
+
+  def write(self, step: int, scalars: Dict[str, float]) -> None:
+    if self._jsonl is None:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self.history.append(row)
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    for key, value in scalars.items():
+      self._tb.add_scalar(key, float(value), int(step))
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def read_jsonl(path: str) -> List[Dict[str, float]]:
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # a line cut by a kill -9
+        break
+  return rows

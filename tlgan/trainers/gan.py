@@ -1,0 +1,128 @@
+"""The GAN trainer: data, state, compiled step, loop, logging, samples, checkpoints, summary.
+
+    from tlgan.trainers.gan import train_and_evaluate
+    summary = train_and_evaluate(config, workdir)
+
+Order of business, so that bad input never changes a workdir: check the config, build the state, compare it
+with the workdir's checkpoint (and restore it), load the data; only then write anything.
+"""
+
+import logging
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from tlgan import data, parallel, reporting
+from tlgan.checkpoint import Checkpointer
+from tlgan.errors import ConfigError
+from tlgan.models.dcgan import Discriminator, Generator, num_upsamplings
+from tlgan.steps import gan as gan_step
+from tlgan.trainers import loop
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) -> gan_step.GANState:
+  """A freshly initialised GANState for the config (deterministic in config.seed)."""
+  m = config.model
+  if m.dtype not in DTYPES:
+    raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+  try:
+    num_upsamplings(image_shape[0])
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  kwargs = dict(image_shape=tuple(image_shape), conv_impl=m.conv_impl, dtype=DTYPES[m.dtype], axis_name=axis_name)
+  generator = Generator(features=m.g_features, **kwargs)
+  discriminator = Discriminator(features=m.d_features, **kwargs)
+  g_tx = optax.adam(config.g_lr, b1=config.b1, b2=config.b2)
+  d_tx = optax.adam(config.d_lr, b1=config.b1, b2=config.b2)
+  init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
+  try:
+    return gan_step.init_state(init_key, generator, discriminator, g_tx, d_tx, image_shape=tuple(image_shape),
+                               latent_dim=m.latent_dim, loss=config.loss, ema_decay=config.ema_decay)
+  except ValueError as e:
+    raise ConfigError(f"{e} (configs/gan.py)") from None
+
+
+def fixed_noise(config, n: int) -> jax.Array:
+  """The latents of the sample grids: the same for every grid of a run, so grids show progress."""
+  return jax.random.normal(jax.random.fold_in(jax.random.key(config.seed), 0x5A3), (n, config.model.latent_dim))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) the GAN of `config` in `workdir`; returns the summary also written to summary.json."""
+  wall_start = time.time()
+  ds_spec = data.spec(config.data.name)
+  sizes = parallel.batch_sizes(config.batch_size)
+  if config.num_steps <= 0:
+    raise ConfigError(f"num_steps must be positive, got {config.num_steps}")
+  loop.check_workdir(workdir)
+  mesh = parallel.make_mesh()
+
+  state = build_state(config, ds_spec.image_shape)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              meta={"experiment": "gan", "dataset": config.data.name,
+                                    "image_shape": list(ds_spec.image_shape)},
+                              max_to_keep=config.keep_checkpoints)
+  state, restored = checkpointer.restore_latest(state)
+  start = int(state.step)
+  if start >= config.num_steps:
+    logging.info("Checkpoint %d already reaches num_steps=%d: nothing to train", start, config.num_steps)
+    return loop.read_summary(workdir)
+
+  images, labels = data.load_split(
+      config.data.name, config.data.split, data_dir=config.data.data_dir or None,
+      manual_dir=config.data.manual_dir or None, download=config.data.download,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  logging.info("%s[%s]: %d examples in this process, image shape %s", config.data.name, config.data.split,
+               len(images), images.shape[1:])
+  batches = data.train_batches(images, labels, batch_size=sizes.per_process, seed=config.seed, start_step=start)
+
+  state = parallel.replicate(state, mesh)
+  rng = jax.random.key(config.seed)
+  z_fixed = fixed_noise(config, config.num_sample_images)
+  sample_fn = jax.jit(gan_step.sample)
+
+  def write_samples(step, state):
+    images = np.asarray(jax.device_get(sample_fn(state, z_fixed)))
+    reporting.save_image_grid(os.path.join(workdir, "samples", f"step_{step:06d}.png"), images)
+    reporting.save_image_grid(os.path.join(workdir, "samples.png"), images)
+
+  def to_device(batch):
+    return parallel.global_batch({"image": batch["image"]}, mesh)
+
+  result = loop.run(
+      state=state, step_fn=gan_step.train_step, batches=map(to_device, batches), rng=rng, mesh=mesh,
+      config=config, workdir=workdir, checkpointer=checkpointer, start_step=start,
+      global_batch=sizes.global_, on_sample=write_samples)
+
+  writer_history = result.history
+  reporting.plot_curves(os.path.join(workdir, "losses.png"), writer_history,
+                        ["d_loss", "g_loss", "d_real", "d_fake"], title=f"DCGAN on {config.data.name}")
+  summary = {
+      "experiment": "gan",
+      "dataset": config.data.name,
+      "status": result.status,
+      "step": result.step,
+      "num_steps": config.num_steps,
+      "resumed_from_step": restored,
+      "wall_time_s": round(time.time() - wall_start, 2),
+      "train_time_s": round(result.train_seconds, 2),
+      "compile_time_s": round(result.compile_seconds, 2),
+      "train_images_per_s": round(result.images_per_second, 1),
+      "final_metrics": result.last_metrics,
+      "batch_size": {"global": sizes.global_, "per_process": sizes.per_process, "per_device": sizes.per_device},
+      "devices": jax.device_count(),
+      "processes": jax.process_count(),
+      "backend": jax.default_backend(),
+      "samples": "samples.png",
+      "loss_curve": "losses.png",
+  }
+  reporting.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary

@@ -1,0 +1,151 @@
+"""The training loop shared by the trainers: compile once, step, log, sample, checkpoint, stop cleanly.
+
+Metrics stay on the device until a log step; there they are fetched in one transfer, checked for NaN/Inf
+(naming the first bad step and metric) and averaged. A checkpoint is only written after the metrics of every
+step up to it were checked, so a diverged state is never saved. SIGTERM and Ctrl-C finish the current step,
+save a checkpoint there and return with status 'preempted'; a second Ctrl-C kills at once.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from tlgan import parallel, reporting
+from tlgan.errors import NonFiniteError, UserError
+
+
+@dataclasses.dataclass
+class LoopResult:
+  status: str  # 'completed' or 'preempted'
+  step: int
+  history: List[Dict[str, float]]
+  last_metrics: Dict[str, float]
+  train_seconds: float
+  compile_seconds: float
+  images_per_second: float
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails early when the workdir cannot be written, without creating anything."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+    raise UserError(f"workdir {workdir} is not writable ({path} is not a writable folder): "
+                    "choose another --workdir")
+
+
+def read_summary(workdir: str) -> Dict[str, Any]:
+  path = os.path.join(workdir, "summary.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {}
+
+
+class StopRequest:
+  """Turns SIGTERM / the first SIGINT into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.signal_name: Optional[str] = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.signal_name = signal.Signals(signum).name
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+
+def _check_and_average(pending, history_keys=None):
+  """Fetches [(step, metrics)] in one transfer, raises on NaN/Inf, returns the mean of each metric."""
+  steps = [s for s, _ in pending]
+  fetched = jax.device_get([m for _, m in pending])
+  for step, metrics in zip(steps, fetched):
+    for key, value in metrics.items():
+      if not np.all(np.isfinite(value)):
+        raise NonFiniteError(f"training diverged: {key} = {float(value)} at step {step}; no checkpoint of it "
+                             "was written (the latest checkpoint is the last good one): lower the learning "
+                             "rate or change the loss, then rerun")
+  return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+
+
+def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workdir: str, checkpointer,
+        start_step: int, global_batch: int, on_sample: Optional[Callable] = None) -> LoopResult:
+  """Runs `step_fn` from `start_step` to `config.num_steps`. See the module docstring."""
+  num_steps = config.num_steps
+  batch = next(batches)
+  t0 = time.perf_counter()
+  compiled = parallel.compile_step(step_fn, mesh).lower(state, batch, rng).compile()
+  compile_seconds = time.perf_counter() - t0
+  logging.info("Compiled the train step in %.1f s", compile_seconds)
+
+  writer = reporting.MetricWriter(workdir)
+  writer.truncate_after(start_step)
+  pending: list = []
+  last_metrics: Dict[str, float] = {}
+  step, status = start_step, "completed"
+  windows: List[tuple] = []  # (steps, seconds) between log points
+  window_start, window_steps = time.perf_counter(), 0
+  progress = tqdm(total=num_steps, initial=start_step, unit="step", disable=not reporting.is_writer(),
+                  dynamic_ncols=True, mininterval=2.0, file=sys.stderr, desc=config.experiment)
+  try:
+    with StopRequest() as stop:
+      while step < num_steps:
+        state, metrics = compiled(state, batch, rng)
+        step += 1
+        window_steps += 1
+        pending.append((step, metrics))
+        progress.update(1)
+        last = step == num_steps or stop.signal_name is not None
+        save = last or step % config.checkpoint_every == 0
+        if save or step % config.log_every == 0:
+          last_metrics = _check_and_average(pending)  # blocks on the device: the window's time is real
+          pending.clear()
+          elapsed = time.perf_counter() - window_start
+          windows.append((window_steps, elapsed))
+          rate = window_steps * global_batch / elapsed
+          writer.write(step, {**last_metrics, "images_per_s": rate})
+          progress.set_postfix({"img/s": f"{rate:.0f}", **{k: f"{last_metrics[k]:.3f}"
+                                                        for k in ("d_loss", "g_loss") if k in last_metrics}})
+          window_start, window_steps = time.perf_counter(), 0
+        if on_sample is not None and (last or step % config.sample_every == 0):
+          on_sample(step, state)
+        if save:
+          checkpointer.save(step, state)
+        if stop.signal_name is not None and step < num_steps:
+          status = "preempted"
+          logging.warning("%s received: checkpoint saved at step %d; run the same command to resume",
+                          stop.signal_name, step)
+          break
+        if step < num_steps:
+          batch = next(batches)
+  finally:
+    progress.close()
+    writer.close()
+    checkpointer.close()
+  timed = windows[1:] or windows  # the first window includes warm-up: keep it out when there are others
+  timed_steps, timed_seconds = sum(w[0] for w in timed), max(sum(w[1] for w in timed), 1e-9)
+  return LoopResult(status=status, step=step, history=writer.history, last_metrics=last_metrics,
+                    train_seconds=timed_seconds, compile_seconds=compile_seconds,
+                    images_per_second=timed_steps * global_batch / timed_seconds)
