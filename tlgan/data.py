@@ -199,9 +199,12 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_
   """This process's shard of a split, in memory: (uint8 images NHWC, int32 labels)."""
   builder = get_builder(name, data_dir, manual_dir, download)
   shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
-  data = tfds.as_numpy(builder.as_dataset(split=shard, batch_size=-1))
-  images, labels = np.asarray(data["image"], np.uint8), np.asarray(data["label"], np.int32)
-  if images.ndim != 4 or len(images) == 0:
+  chunks = list(tfds.as_numpy(builder.as_dataset(split=shard, shuffle_files=False).batch(8192)))
+  if not chunks:
+    raise DataUnavailableError(f"{name}[{shard}] holds no images")
+  images = np.concatenate([c["image"] for c in chunks]).astype(np.uint8)
+  labels = np.concatenate([c["label"] for c in chunks]).astype(np.int32)
+  if images.ndim != 4:
     raise DataUnavailableError(f"{name}[{shard}] holds no images")
   return images, labels
 

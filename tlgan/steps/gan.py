@@ -125,7 +125,11 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array,
 
   ema_params = state.ema_params
   if state.ema_decay > 0:
-    ema_params = optax.incremental_update(g_params, ema_params, 1.0 - state.ema_decay)
+    # Warm-up as in tf.train.ExponentialMovingAverage(num_updates=step): early on the average must not be
+    # dominated by the random initial weights, which a short run would otherwise show in its samples.
+    t = state.step.astype(jnp.float32)
+    decay = jnp.minimum(state.ema_decay, (1.0 + t) / (10.0 + t))
+    ema_params = optax.incremental_update(g_params, ema_params, 1.0 - decay)
 
   metrics = _mean_over(axis_name, {
       "d_loss": d_loss,

@@ -1,0 +1,128 @@
+"""The input pipeline: the offline IDX source through TFDS, (seed, step)-determined batches, clear errors."""
+
+import gzip
+import itertools
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tlgan import data
+from tlgan.errors import ConfigError
+
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def write_idx(path, array):
+  """Writes an unsigned-byte IDX file (gzipped), the format of the MNIST family."""
+  header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_idx_dir(tmp_path):
+  rng = np.random.default_rng(0)
+  arrays = {
+      "train-images-idx3-ubyte": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+      "train-labels-idx1-ubyte": np.arange(12, dtype=np.uint8) % 10,
+      "t10k-images-idx3-ubyte": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+      "t10k-labels-idx1-ubyte": np.array([9, 8, 7, 6, 5], np.uint8),
+  }
+  folder = tmp_path / "idx"
+  folder.mkdir()
+  for stem, array in arrays.items():
+    write_idx(str(folder / (stem + ".gz")), array)
+  return str(folder), arrays
+
+
+def _by_content(images, labels):
+  """Examples as a set of (image bytes, label): TFDS stores them in its own order."""
+  return sorted((img.tobytes(), int(lab)) for img, lab in zip(images, labels))
+
+
+def test_idx_source_through_tfds(tiny_idx_dir, tmp_path):
+  folder, arrays = tiny_idx_dir
+  for split, stem in (("train", "train"), ("test", "t10k")):
+    images, labels = data.load_split("fashion_mnist", split, data_dir=str(tmp_path / "tfds"), manual_dir=folder,
+                                     download=False)
+    assert images.shape == (len(arrays[f"{stem}-labels-idx1-ubyte"]), 28, 28, 1) and images.dtype == np.uint8
+    assert _by_content(images[..., 0], labels) == _by_content(arrays[f"{stem}-images-idx3-ubyte"],
+                                                              arrays[f"{stem}-labels-idx1-ubyte"])
+  builder = data.get_builder("fashion_mnist", str(tmp_path / "tfds"), folder, download=False)
+  assert builder.info.features["label"].names[9] == "Ankle boot"  # TFDS's own feature spec
+
+
+def test_idx_header_is_validated(tmp_path):
+  path = str(tmp_path / "bad.gz")
+  with gzip.open(path, "wb") as f:
+    f.write(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(9))  # says 10 bytes, holds 9
+  with pytest.raises(data.DataUnavailableError, match="header says"):
+    data.read_idx(path)
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN_DIR), reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist(tmp_path_factory):
+  data_dir = os.environ.get("TLGAN_TEST_TFDS_DIR") or str(tmp_path_factory.mktemp("tfds"))
+  train_x, train_y = data.load_split("fashion_mnist", "train", data_dir=data_dir, manual_dir=DEBIAN_DIR,
+                                     download=False)
+  test_x, test_y = data.load_split("fashion_mnist", "test", data_dir=data_dir, manual_dir=DEBIAN_DIR,
+                                   download=False)
+  assert train_x.shape == (60000, 28, 28, 1) and test_x.shape == (10000, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(train_y), [6000] * 10)  # the published class balance
+  np.testing.assert_array_equal(np.bincount(test_y), [1000] * 10)
+  # The labels belong to their images: compare with the raw IDX files, read independently of TFDS.
+  raw_x = data.read_idx(os.path.join(DEBIAN_DIR, "t10k-images-idx3-ubyte.gz"))
+  raw_y = data.read_idx(os.path.join(DEBIAN_DIR, "t10k-labels-idx1-ubyte.gz"))
+  assert _by_content(test_x[..., 0], test_y) == _by_content(raw_x, raw_y)
+
+
+def test_unknown_dataset():
+  with pytest.raises(ConfigError, match="unknown dataset 'imagenet42'.*data.name"):
+    data.spec("imagenet42")
+
+
+def test_missing_data_offline_names_the_fix(tmp_path):
+  with pytest.raises(data.DataUnavailableError, match="fashion_mnist.*dataset-fashion-mnist.*network"):
+    data.load_split("fashion_mnist", "train", data_dir=str(tmp_path), manual_dir=str(tmp_path / "none"),
+                    download=False)
+  with pytest.raises(data.DataUnavailableError, match="cifar10 is not available offline"):
+    data.load_split("cifar10", "train", data_dir=str(tmp_path), download=False)
+
+
+def test_failed_download_is_reported(tmp_path, monkeypatch):
+  def offline(self, *args, **kwargs):
+    raise ConnectionError("no network")
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+  with pytest.raises(data.DataUnavailableError, match="download failed: ConnectionError"):
+    data.load_split("cifar10", "train", data_dir=str(tmp_path))
+
+
+def test_batches_are_a_function_of_seed_and_step():
+  n = 50
+  images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 2, 2, 1), np.uint8)
+  labels = np.arange(n, dtype=np.int32)
+  run = list(itertools.islice(data.train_batches(images, labels, batch_size=16, seed=7), 10))
+  resumed = list(itertools.islice(data.train_batches(images, labels, batch_size=16, seed=7, start_step=6), 4))
+  for a, b in zip(run[6:], resumed):
+    np.testing.assert_array_equal(a["label"], b["label"])
+    np.testing.assert_array_equal(a["image"], b["image"])
+  stream = np.concatenate([b["label"] for b in run])  # 160 examples: epochs 0, 1, 2 and part of 3
+  for epoch in range(3):  # each epoch is a permutation of the split, and epochs differ
+    assert sorted(stream[epoch * n:(epoch + 1) * n]) == list(range(n))
+  assert not np.array_equal(stream[:n], stream[n:2 * n])
+  other = next(data.train_batches(images, labels, batch_size=16, seed=8))
+  assert not np.array_equal(other["label"], run[0]["label"])
+  # GAN preprocessing: uint8 -> [-1, 1], matching the label it came with.
+  np.testing.assert_allclose(run[0]["image"][:, 0, 0, 0], run[0]["label"] / 127.5 - 1.0, rtol=1e-6)
+
+
+def test_eval_batches_pad_and_mask():
+  images = np.zeros((10, 2, 2, 1), np.uint8)
+  labels = np.arange(10, dtype=np.int32)
+  batches = list(data.eval_batches(images, labels, batch_size=4))
+  assert [len(b["label"]) for b in batches] == [4, 4, 4]
+  mask = np.concatenate([b["mask"] for b in batches])
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], labels)
+  assert mask.sum() == 10

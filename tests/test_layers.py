@@ -1,0 +1,88 @@
+"""The GEMM formulations of (transposed) convolution equal XLA's convolution, in value and every gradient."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from tlgan.models import layers
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+# (input NHWC, kernel HWIO, stride, padding): every shape the DCGANs use (28x28 and 32x32, small widths)
+# plus odd sizes, stride 1, kernel 3 and no padding.
+CONV_CASES = [
+    ((2, 28, 28, 1), (4, 4, 1, 8), 2, 1),
+    ((2, 14, 14, 8), (4, 4, 8, 16), 2, 1),
+    ((2, 32, 32, 3), (4, 4, 3, 8), 2, 1),
+    ((2, 8, 8, 16), (4, 4, 16, 32), 2, 1),
+    ((2, 9, 11, 5), (3, 3, 5, 7), 2, 1),
+    ((2, 7, 7, 4), (3, 3, 4, 6), 1, 1),
+    ((2, 5, 5, 4), (1, 1, 4, 6), 2, 0),
+    ((2, 3, 3, 4), (3, 3, 4, 6), 1, 0),
+]
+CONVT_CASES = [
+    ((2, 7, 7, 16), (4, 4, 16, 8), 2, 1),
+    ((2, 14, 14, 8), (4, 4, 8, 1), 2, 1),
+    ((2, 4, 4, 32), (4, 4, 32, 16), 2, 1),
+    ((2, 16, 16, 8), (4, 4, 8, 3), 2, 1),
+    ((2, 5, 6, 3), (4, 4, 3, 7), 2, 0),
+    ((2, 5, 6, 3), (3, 3, 3, 7), 1, 1),
+    ((2, 3, 5, 3), (6, 6, 3, 2), 3, 2),
+]
+
+
+def _values_and_grads(fn, x, w):
+  # A non-linear read-out so that every output element gets a distinct cotangent.
+  def loss(x, w):
+    return jnp.sum(jnp.sin(fn(x, w)) * jnp.arange(fn(x, w).size).reshape(fn(x, w).shape) / 100.0)
+  return fn(x, w), jax.grad(loss, argnums=(0, 1))(x, w)
+
+
+def _compare(fast, ref, x, w):
+  y_fast, (dx_fast, dw_fast) = _values_and_grads(fast, x, w)
+  y_ref, (dx_ref, dw_ref) = _values_and_grads(ref, x, w)
+  assert y_fast.shape == y_ref.shape
+  for a, b in ((y_fast, y_ref), (dx_fast, dx_ref), (dw_fast, dw_ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,pad", CONV_CASES)
+def test_conv_matmul_equals_lax(x_shape, w_shape, stride, pad):
+  kx, kw = jax.random.split(jax.random.key(0))
+  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  _compare(lambda x, w: layers.conv2d(x, w, stride, pad, impl="matmul"), ref, x, w)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,pad", CONVT_CASES)
+def test_conv_transpose_matmul_equals_lax(x_shape, w_shape, stride, pad):
+  kx, kw = jax.random.split(jax.random.key(1))
+  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  # Reference: the transpose (VJP) of the strided convolution, which is what ConvTranspose2d computes.
+  # The forward conv maps (N, Ho, Wo, Cout) -> (N, H, W, Cin) with the kernel's in/out roles swapped.
+  n, h, wd, cin = x_shape
+  kh, kwd, _, cout = w_shape
+  ho, wo = (h - 1) * stride - 2 * pad + kh, (wd - 1) * stride - 2 * pad + kwd
+
+  def ref(x, w):
+    def conv(y):
+      return lax.conv_general_dilated(y, w.transpose(0, 1, 3, 2), (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    _, vjp = jax.vjp(conv, jnp.zeros((n, ho, wo, cout), x.dtype))
+    return vjp(x)[0]
+
+  _compare(lambda x, w: layers.conv_transpose2d(x, w, stride, pad, impl="matmul"), ref, x, w)
+  _compare(lambda x, w: layers.conv_transpose2d(x, w, stride, pad, impl="xla"), ref, x, w)
+
+
+def test_auto_keeps_xla_off_cpu(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert layers.resolve_impl("auto", transpose=True) == "xla"
+  assert layers.resolve_impl("auto", out_pixels=1) == "xla"
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert layers.resolve_impl("auto", transpose=True) == "matmul"
+  with pytest.raises(ValueError, match="conv impl"):
+    layers.resolve_impl("cudnn")

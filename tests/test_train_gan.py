@@ -1,0 +1,113 @@
+"""End to end: the GAN trainer on TFDS mock data, exact resume, and the CLI's answers to bad input."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tests.conftest import run_cli, tree_hash
+from tlgan.checkpoint import Checkpointer
+from tlgan.trainers import gan as gan_trainer
+
+
+def smoke(num_steps=4, **overrides):
+  from configs import gan
+  config = gan.get_config("smoke")
+  config.num_steps = num_steps
+  config.data.manual_dir = "/nonexistent"  # mock data only, even where the Debian files exist
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def train(config, workdir):
+  with tfds.testing.mock_data(num_examples=64):
+    return gan_trainer.train_and_evaluate(config, str(workdir))
+
+
+def final_state(config, workdir):
+  state = gan_trainer.build_state(config, (28, 28, 1))
+  restored, step = Checkpointer(os.path.join(workdir, "checkpoints"), {}).restore_latest(state)
+  return restored, step
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  config = smoke(num_steps=4)
+  summary = train(config, workdir)
+  return config, str(workdir), summary
+
+
+def test_run_writes_checkpoint_png_and_summary(finished_run):
+  config, workdir, summary = finished_run
+  assert summary["status"] == "completed" and summary["step"] == 4
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f) == summary
+  assert all(np.isfinite(v) for v in summary["final_metrics"].values())
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  for png in ("samples.png", "losses.png", "samples/step_000002.png", "samples/step_000004.png"):
+    with open(os.path.join(workdir, png), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+  rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [2, 4] and "d_loss" in rows[0] and "images_per_s" in rows[0]
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tensorboard")))
+
+
+def test_exact_resume(finished_run, tmp_path):
+  """2 steps, then on to 4 in the same workdir == the uninterrupted 4-step run, bit for bit."""
+  config, workdir, _ = finished_run
+  train(smoke(num_steps=2), tmp_path)
+  summary = train(smoke(num_steps=4), tmp_path)
+  assert summary["resumed_from_step"] == 2
+  resumed, _ = final_state(config, str(tmp_path))
+  uninterrupted, step = final_state(config, workdir)
+  assert step == 4
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
+    np.testing.assert_array_equal(a, b)
+  rows = [json.loads(line)["step"] for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
+  assert rows == [2, 4]
+
+
+def test_mismatched_checkpoint_is_refused_untouched(finished_run):
+  _, workdir, _ = finished_run
+  before = tree_hash(workdir)
+  with pytest.raises(Exception, match=r"does not fit this config.*use another --workdir"):
+    train(smoke(**{"model.g_features": 16}), workdir)
+  assert tree_hash(workdir) == before
+  result = run_cli("--config=configs/gan.py:smoke", f"--workdir={workdir}", "--config.model.d_features=4")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: workdir checkpoint 4")
+  assert "Traceback" not in result.stderr
+  assert tree_hash(workdir) == before
+
+
+def test_nonfinite_loss_stops_without_checkpoint(tmp_path):
+  with pytest.raises(Exception, match=r"diverged: \w+ = nan at step 1"):
+    train(smoke(num_steps=4, d_lr=float("nan")), tmp_path)
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--config.data.name=imagenet42"], {}, "error: unknown dataset 'imagenet42'"),
+    (["--config.batch_size=3"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+     "error: batch_size 3 is not divisible by the 2 devices"),
+    (["--config.data.data_dir={tmp}/tfds", "--config.data.manual_dir={tmp}/none", "--config.data.download=false"],
+     {}, "error: dataset fashion_mnist is not available offline: install Debian's package dataset-fashion-mnist"),
+])
+def test_bad_input_one_line_error(tmp_path, args, env, message):
+  workdir = tmp_path / "work"
+  args = [a.format(tmp=tmp_path) for a in args]
+  result = run_cli("--config=configs/gan.py:smoke", f"--workdir={workdir}", *args, env=env)
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(message), last
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()
