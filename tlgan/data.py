@@ -51,6 +51,7 @@ DATASETS = {
     "fashion_mnist": DatasetSpec((28, 28, 1), 10, "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"),
     "mnist": DatasetSpec((28, 28, 1), 10),
     "cifar10": DatasetSpec((32, 32, 3), 10),
+    "digits": DatasetSpec((8, 8, 1), 10),  # scikit-learn's 1,797 real handwritten digits; not a TFDS dataset
 }
 
 
@@ -193,10 +194,46 @@ def get_builder(name: str, data_dir: Optional[str] = None, manual_dir: Optional[
   return builder
 
 
+def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's handwritten digits (UCI, 1,797 real 8x8 images, 0..16) as uint8 0..255, with a fixed
+  stratified hold-out: 30% of each class (chosen by a seeded permutation) is 'test', the rest 'train'."""
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int32)
+  rng = np.random.default_rng(1797)
+  test = np.zeros(len(labels), bool)
+  for c in range(10):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    test[members[:int(round(0.3 * len(members)))]] = True
+  if split not in ("train", "test"):
+    raise ConfigError(f"digits has the splits 'train' and 'test', not {split!r}")
+  keep = test if split == "test" else ~test
+  return images[keep], labels[keep]
+
+
+def subset_per_class(images: np.ndarray, labels: np.ndarray, per_class: int, seed: int):
+  """`per_class` examples of each class, drawn by a seeded permutation (0 or less: everything)."""
+  if per_class <= 0:
+    return images, labels
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    if len(members) < per_class:
+      raise ConfigError(f"class {c} has {len(members)} examples, fewer than the {per_class} per class asked for")
+    chosen.append(rng.permutation(members)[:per_class])
+  idx = np.sort(np.concatenate(chosen))
+  return images[idx], labels[idx]
+
+
 def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
                download: bool = True, process_index: int = 0,
                process_count: int = 1) -> Tuple[np.ndarray, np.ndarray]:
   """This process's shard of a split, in memory: (uint8 images NHWC, int32 labels)."""
+  if name == "digits":
+    images, labels = load_digits_split(split)
+    return images[process_index::process_count], labels[process_index::process_count]
   builder = get_builder(name, data_dir, manual_dir, download)
   shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
   chunks = list(tfds.as_numpy(builder.as_dataset(split=shard, shuffle_files=False).batch(8192)))

@@ -41,7 +41,9 @@ def batch_sizes(global_batch: int) -> BatchSizes:
 
 
 def make_mesh() -> Mesh:
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  # Auto axes: XLA propagates the shardings (recent JAX makes `make_mesh` axes Explicit by default, which
+  # would ask every contraction over the batch for an output sharding).
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

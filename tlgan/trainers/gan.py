@@ -100,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   result = loop.run(
       state=state, step_fn=gan_step.train_step, batches=map(to_device, batches), rng=rng, mesh=mesh,
       config=config, workdir=workdir, checkpointer=checkpointer, start_step=start,
-      global_batch=sizes.global_, on_sample=write_samples)
+      global_batch=sizes.global_, hooks=((config.sample_every, write_samples),))
 
   writer_history = result.history
   reporting.plot_curves(os.path.join(workdir, "losses.png"), writer_history,

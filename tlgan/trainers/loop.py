@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -27,6 +27,7 @@ from tlgan.errors import NonFiniteError, UserError
 class LoopResult:
   status: str  # 'completed' or 'preempted'
   step: int
+  state: Any
   history: List[Dict[str, float]]
   last_metrics: Dict[str, float]
   train_seconds: float
@@ -91,9 +92,14 @@ def _check_and_average(pending, history_keys=None):
 
 
 def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workdir: str, checkpointer,
-        start_step: int, global_batch: int, on_sample: Optional[Callable] = None) -> LoopResult:
-  """Runs `step_fn` from `start_step` to `config.num_steps`. See the module docstring."""
-  num_steps = config.num_steps
+        start_step: int, global_batch: int, num_steps: Optional[int] = None,
+        hooks: Sequence[Tuple[int, Callable]] = ()) -> LoopResult:
+  """Runs `step_fn` from `start_step` to `num_steps` (default `config.num_steps`).
+
+  `hooks` are `(every, fn)` pairs: `fn(step, state)` runs after every `every`-th step and after the last
+  one; a dict it returns is logged as scalars at that step (evaluation results, say).
+  """
+  num_steps = num_steps or config.num_steps
   batch = next(batches)
   t0 = time.perf_counter()
   compiled = parallel.compile_step(step_fn, mesh).lower(state, batch, rng).compile()
@@ -104,6 +110,7 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
   writer.truncate_after(start_step)
   pending: list = []
   last_metrics: Dict[str, float] = {}
+  hook_scalars: Dict[str, float] = {}
   step, status = start_step, "completed"
   windows: List[tuple] = []  # (steps, seconds) between log points
   window_start, window_steps = time.perf_counter(), 0
@@ -117,8 +124,14 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
         window_steps += 1
         pending.append((step, metrics))
         progress.update(1)
-        last = step == num_steps or stop.signal_name is not None
-        save = last or step % config.checkpoint_every == 0
+        for every, hook in hooks:  # evaluation, samples: also after the last step
+          if step == num_steps or step % every == 0:
+            scalars = hook(step, state)
+            if scalars:
+              writer.write(step, scalars)
+              hook_scalars.update(scalars)
+        stopping = stop.signal_name is not None and step < num_steps
+        save = stopping or step == num_steps or step % config.checkpoint_every == 0
         if save or step % config.log_every == 0:
           last_metrics = _check_and_average(pending)  # blocks on the device: the window's time is real
           pending.clear()
@@ -126,14 +139,12 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
           windows.append((window_steps, elapsed))
           rate = window_steps * global_batch / elapsed
           writer.write(step, {**last_metrics, "images_per_s": rate})
-          progress.set_postfix({"img/s": f"{rate:.0f}", **{k: f"{last_metrics[k]:.3f}"
-                                                        for k in ("d_loss", "g_loss") if k in last_metrics}})
+          progress.set_postfix({"img/s": f"{rate:.0f}", **{k: f"{last_metrics[k]:.3f}" for k in
+                                                        ("d_loss", "g_loss", "loss") if k in last_metrics}})
           window_start, window_steps = time.perf_counter(), 0
-        if on_sample is not None and (last or step % config.sample_every == 0):
-          on_sample(step, state)
         if save:
           checkpointer.save(step, state)
-        if stop.signal_name is not None and step < num_steps:
+        if stopping:
           status = "preempted"
           logging.warning("%s received: checkpoint saved at step %d; run the same command to resume",
                           stop.signal_name, step)
@@ -146,6 +157,7 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
     checkpointer.close()
   timed = windows[1:] or windows  # the first window includes warm-up: keep it out when there are others
   timed_steps, timed_seconds = sum(w[0] for w in timed), max(sum(w[1] for w in timed), 1e-9)
-  return LoopResult(status=status, step=step, history=writer.history, last_metrics=last_metrics,
+  return LoopResult(status=status, step=step, state=state, history=writer.history,
+                    last_metrics={**last_metrics, **hook_scalars},
                     train_seconds=timed_seconds, compile_seconds=compile_seconds,
                     images_per_second=timed_steps * global_batch / timed_seconds)

@@ -1,0 +1,103 @@
+"""ResNet18 classifiers: fine-tuning pretrained weights, linear probes, and training from scratch.
+
+Default: CIFAR-10 (TFDS download) from torchvision's ImageNet weights, converted first:
+    python -m tlgan.pretrained --arch=resnet18 --output=weights/resnet18.msgpack
+    python -m experiments.main --config=configs/transfer.py --workdir=runs/cifar10_ft
+
+Variants (comma-separated after a colon):
+    fashion_pretrain  ResNet18 from scratch on Fashion-MNIST (real data, offline); exports model.msgpack
+    digits            scikit-learn's handwritten digits (offline), from --config.init.weights (or scratch)
+    linear_probe      train only the head; the backbone and its BatchNorm stay frozen
+    smoke             a tiny run for tests
+Discriminative learning rates: --config.optim.backbone_lr_factor=0.1 (backbone lr = head lr x 0.1).
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.experiment = "classifier"
+  config.seed = 0
+  config.mode = "full"  # or 'linear_probe'
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "cifar10"
+  config.data.train_split = "train"
+  config.data.test_split = "test"
+  config.data.per_class = 0  # > 0: that many labelled training examples per class
+  config.data.subset_seed = -1  # which examples per_class picks; -1: config.seed
+  config.data.data_dir = ""
+  config.data.manual_dir = ""
+  config.data.download = True
+
+  config.model = ml_collections.ConfigDict()
+  config.model.arch = "resnet18"
+  config.model.stem = "imagenet"  # 'cifar' (3x3/1, no max-pool) cannot load an ImageNet stem
+  config.model.width = 64  # channels of the first stage (64 = torchvision); smaller only for tests
+  config.model.num_classes = 0  # 0: the dataset's
+  config.model.image_size = 32  # inputs are resized to this
+  config.model.channels = 3  # grayscale datasets are repeated to 3 channels
+  config.model.dtype = "float32"
+  config.model.conv_impl = "auto"
+  config.model.zero_init_residual = False
+
+  config.init = ml_collections.ConfigDict()
+  config.init.weights = "weights/resnet18.msgpack"  # tlgan weights file; '' = random init
+  config.init.not_loaded = ("fc",)  # modules that keep their fresh initialisation
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "sgd"  # 'sgd' (momentum), 'adam', 'adamw'
+  config.optim.learning_rate = 0.05
+  config.optim.backbone_lr_factor = 1.0
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.warmup_epochs = 0.5
+  config.optim.label_smoothing = 0.0
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.crop_padding = 4
+  config.augment.flip = True
+
+  config.batch_size = 128  # global
+  config.eval_batch_size = 500
+  config.num_epochs = 5.0
+  config.eval_every_epochs = 1.0
+  config.log_every = 50
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 2
+
+  for variant in filter(None, (arg or "").split(",")):
+    if variant == "fashion_pretrain":
+      config.data.name = "fashion_mnist"
+      config.init.weights = ""
+      config.optim.learning_rate = 0.1
+      config.num_epochs = 5.0
+      config.augment.crop_padding = 2
+    elif variant == "digits":
+      config.data.name = "digits"
+      config.init.weights = ""
+      config.augment.crop_padding = 2
+      config.augment.flip = False  # a flipped digit is another digit, or none
+      config.batch_size = 64
+      config.optim.learning_rate = 0.02
+      config.num_epochs = 30.0
+      config.eval_every_epochs = 10.0
+      config.log_every = 20
+    elif variant == "linear_probe":
+      config.mode = "linear_probe"
+      config.optim.weight_decay = 0.0
+    elif variant == "smoke":
+      config.data.name = "fashion_mnist"
+      config.init.weights = ""
+      config.batch_size = 8
+      config.eval_batch_size = 16
+      config.num_epochs = 1.0
+      config.log_every = 2
+      config.checkpoint_every = 4
+      config.model.image_size = 32
+      config.model.width = 8
+    else:
+      raise ValueError(f"unknown variant {variant!r} of configs/transfer.py: "
+                       "use fashion_pretrain, digits, linear_probe or smoke")
+  return config

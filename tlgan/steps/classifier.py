@@ -1,0 +1,144 @@
+"""Classifier training and evaluation steps (fine-tuning, linear probing, training from scratch): pure.
+
+    from tlgan.steps.classifier import train_step, eval_step
+    state, metrics = jax.jit(train_step, donate_argnums=0)(state, batch, rng)
+    sums = jax.jit(eval_step)(state, batch)
+
+What is trained is decided by the optimiser (`make_optimizer`): parameters labelled 'frozen' get
+`optax.set_to_zero()`, so a linear probe is an optax mask, not a copy of parameters. A frozen backbone also
+keeps its BatchNorm in inference mode (`bn_train=False`), so its running statistics do not move either.
+"""
+
+from typing import Any, Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct, traverse_util
+
+MODES = ("full", "linear_probe")
+HEAD = "fc"
+
+
+class ClassifierState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  model: nn.Module = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+  num_classes: int = struct.field(pytree_node=False, default=10)
+  label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+  bn_train: bool = struct.field(pytree_node=False, default=True)
+
+  @property
+  def variables(self):
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def param_labels(params, mode: str):
+  """'head' for the classifier head, 'backbone' (full) or 'frozen' (linear_probe) for the rest."""
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  flat = traverse_util.flatten_dict(params)
+  body = "frozen" if mode == "linear_probe" else "backbone"
+  return traverse_util.unflatten_dict({k: ("head" if k[0] == HEAD else body) for k in flat})
+
+
+def make_optimizer(params, *, mode: str = "full", optimizer: str = "sgd", learning_rate: float = 0.1,
+                   backbone_lr_factor: float = 1.0, momentum: float = 0.9, weight_decay: float = 0.0,
+                   warmup_steps: int = 0, total_steps: int = 1000) -> optax.GradientTransformation:
+  """SGD-momentum / Adam / AdamW with a warm-up + cosine schedule, per parameter group.
+
+  The head learns at `learning_rate`, the backbone at `learning_rate * backbone_lr_factor` (discriminative
+  learning rates; 1.0 is plain fine-tuning), and in 'linear_probe' mode the backbone not at all. Weight decay
+  applies to kernels (not to biases or BatchNorm), decoupled for AdamW and as an L2 gradient term for SGD.
+  """
+  def schedule(peak):
+    return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup_steps, 0), max(total_steps, warmup_steps + 1))
+
+  decay_mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+
+  def group(peak):
+    if optimizer == "sgd":
+      return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask),
+                         optax.sgd(schedule(peak), momentum=momentum))
+    if optimizer == "adam":
+      return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask), optax.adam(schedule(peak)))
+    if optimizer == "adamw":
+      return optax.adamw(schedule(peak), weight_decay=weight_decay, mask=decay_mask)
+    raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
+
+  return optax.multi_transform(
+      {"head": group(learning_rate), "backbone": group(learning_rate * backbone_lr_factor),
+       "frozen": optax.set_to_zero()},
+      param_labels(params, mode))
+
+
+def init_state(rng, model: nn.Module, tx_fn, *, image_shape, num_classes: int, label_smoothing: float = 0.0,
+               mode: str = "full", variables: Optional[Dict[str, Any]] = None) -> ClassifierState:
+  """A state from fresh variables (or given ones, e.g. merged pretrained weights); `tx_fn(params) -> tx`."""
+  if variables is None:
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables["params"]
+  tx = tx_fn(params)
+  return ClassifierState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                         opt_state=tx.init(params), model=model, tx=tx, num_classes=num_classes,
+                         label_smoothing=label_smoothing, bn_train=(mode == "full"))
+
+
+def _mean_over(axis_name, tree):
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: ClassifierState, batch: Dict[str, jax.Array], rng: jax.Array,
+               axis_name: Optional[str] = None) -> Tuple[ClassifierState, Dict[str, jax.Array]]:
+  """One optimiser step on `batch['image']` (normalised NHWC floats) and `batch['label']` (ints).
+
+  `rng` is unused by the ResNet (no dropout; augmentation happens in the input pipeline) but kept in the
+  signature shared by all tlgan steps.
+  """
+  del rng
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    if state.bn_train:
+      logits, new_vars = state.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+      new_stats = new_vars["batch_stats"]
+    else:
+      logits, new_stats = state.model.apply(variables, batch["image"], train=False), state.batch_stats
+    loss = jnp.mean(cross_entropy(logits, batch["label"], state.num_classes, state.label_smoothing))
+    return loss, (logits, new_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = _mean_over(axis_name, grads)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = _mean_over(axis_name, {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "grad_norm": optax.global_norm(grads),
+  })
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
+
+
+def eval_step(state: ClassifierState, batch: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
+  """Sums over the real examples of a padded batch (`batch['mask']`): correct, count, loss, confusion."""
+  logits = state.model.apply(state.variables, batch["image"], train=False)
+  mask = batch.get("mask", jnp.ones(batch["label"].shape, bool)).astype(jnp.float32)
+  predicted = jnp.argmax(logits, -1)
+  loss = cross_entropy(logits, batch["label"], state.num_classes)
+  onehot_true = jax.nn.one_hot(batch["label"], state.num_classes) * mask[:, None]
+  onehot_pred = jax.nn.one_hot(predicted, state.num_classes)
+  return {
+      "correct": jnp.sum((predicted == batch["label"]) * mask),
+      "count": jnp.sum(mask),
+      "loss_sum": jnp.sum(loss * mask),
+      "confusion": onehot_true.T @ onehot_pred,  # rows: true class, columns: predicted
+  }

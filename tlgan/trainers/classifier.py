@@ -1,0 +1,230 @@
+"""The classifier trainer: fine-tuning, linear probing and training from scratch, with per-epoch evaluation.
+
+    from tlgan.trainers.classifier import train_and_evaluate
+    summary = train_and_evaluate(config, workdir)
+
+Where the weights come from, in order: the workdir's latest checkpoint (resume) > `config.init.weights` (a
+tlgan weights file: converted ImageNet weights, or the `model.msgpack` another classifier run exported) >
+random initialisation. Weights are merged into a freshly initialised model; the modules in
+`config.init.not_loaded` (the head, by default) keep their fresh values and are listed in the log and the
+summary, and any other mismatch stops the run naming the variable.
+"""
+
+import logging
+import math
+import os
+import time
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from tlgan import data, parallel, pretrained, reporting
+from tlgan.checkpoint import Checkpointer
+from tlgan.errors import ConfigError, UserError
+from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, classifier_map_fn
+from tlgan.steps import classifier as clf
+from tlgan.trainers import loop
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(config, num_classes: int, axis_name=None):
+  m = config.model
+  if m.dtype not in DTYPES:
+    raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+  if m.image_size < 8:
+    raise ConfigError(f"model.image_size {m.image_size} is too small for a ResNet: use 32 or more")
+  try:
+    return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=DTYPES[m.dtype],
+                                conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual,
+                                axis_name=axis_name)
+  except UserError as e:
+    raise ConfigError(f"{e} (set --config.model.arch)") from None
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  return max(1, math.ceil(num_examples / global_batch))
+
+
+def build_state(config, num_classes: int, total_steps: int, log=True):
+  """(state, names of variables not loaded): fresh, or initialised from `config.init.weights`."""
+  model = build_model(config, num_classes)
+  image_shape = (config.model.image_size, config.model.image_size, config.model.channels)
+  fresh = model.init(jax.random.fold_in(jax.random.key(config.seed), 0x1A17), jnp.zeros((1, *image_shape)),
+                     train=False)
+  variables, not_loaded = fresh, ()
+  if config.init.weights:
+    weights, meta = pretrained.load(config.init.weights)
+    variables, not_loaded = pretrained.merge_pretrained(fresh, weights, tuple(config.init.not_loaded))
+    if log:
+      logging.info("Initialised from %s (%s); not loaded: %s", config.init.weights, meta, ", ".join(not_loaded))
+  o = config.optim
+  if config.mode not in clf.MODES:
+    raise ConfigError(f"mode must be one of {clf.MODES}, got {config.mode!r}")
+  tx_fn = lambda params: clf.make_optimizer(
+      params, mode=config.mode, optimizer=o.name, learning_rate=o.learning_rate,
+      backbone_lr_factor=o.backbone_lr_factor, momentum=o.momentum, weight_decay=o.weight_decay,
+      warmup_steps=int(o.warmup_epochs * total_steps / max(config.num_epochs, 1e-9)), total_steps=total_steps)
+  try:
+    state = clf.init_state(None, model, tx_fn, image_shape=image_shape, num_classes=num_classes,
+                           label_smoothing=o.label_smoothing, mode=config.mode,
+                           variables=jax.tree.map(jnp.asarray, variables))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return state, not_loaded
+
+
+def evaluate(eval_fn, state, images, labels, batch_size, map_fn, mesh, num_classes) -> Dict[str, Any]:
+  """Accuracy, mean loss and confusion matrix over a whole split (padded batches, masked)."""
+  totals = None
+  for batch in data.eval_batches(images, labels, batch_size=batch_size, map_fn=map_fn):
+    sums = eval_fn(state, parallel.global_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss_sum"]) / count,
+          "count": int(count), "confusion": np.asarray(totals["confusion"], np.int64)}
+
+
+def plot_confusion(path: str, confusion: np.ndarray, class_names, title: str) -> None:
+  if not reporting.is_writer():
+    return
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  k = len(confusion)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+  rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+  ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+  for i in range(k):
+    for j in range(k):
+      ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+              color="white" if rates[i, j] > 0.5 else "black")
+  ax.set_xticks(range(k), class_names, rotation=60, ha="right", fontsize=7)
+  ax.set_yticks(range(k), class_names, fontsize=7)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  reporting._atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  plt.close(fig)
+
+
+def class_names(name: str, num_classes: int):
+  if name in ("fashion_mnist", "mnist", "cifar10"):
+    try:
+      return data.get_builder(name, download=False).info.features["label"].names
+    except Exception:  # info unavailable (mock data, partial install): numbers will do
+      pass
+  return [str(i) for i in range(num_classes)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains (or resumes) the classifier of `config` in `workdir`; returns the summary (also summary.json)."""
+  wall_start = time.time()
+  ds_spec = data.spec(config.data.name)
+  num_classes = config.model.num_classes or ds_spec.num_classes
+  if num_classes != ds_spec.num_classes:
+    raise ConfigError(f"model.num_classes={num_classes} but {config.data.name} has {ds_spec.num_classes} "
+                      "classes: set --config.model.num_classes=0 (from the dataset)")
+  sizes = parallel.batch_sizes(config.batch_size)
+  loop.check_workdir(workdir)
+  mesh = parallel.make_mesh()
+
+  load = dict(data_dir=config.data.data_dir or None, manual_dir=config.data.manual_dir or None,
+              download=config.data.download, process_index=jax.process_index(),
+              process_count=jax.process_count())
+  train_x, train_y = data.load_split(config.data.name, config.data.train_split, **load)
+  train_x, train_y = data.subset_per_class(train_x, train_y, config.data.per_class,
+                                           config.data.subset_seed if config.data.subset_seed >= 0 else config.seed)
+  test_x, test_y = data.load_split(config.data.name, config.data.test_split, **load)
+  n_train = len(train_x) * jax.process_count()
+  epoch_steps = steps_per_epoch(n_train, sizes.global_)
+  total_steps = max(1, int(round(config.num_epochs * epoch_steps)))
+  logging.info("%s: %d training examples (%s per class), %d test; %d steps (%.1f epochs of %d steps)",
+               config.data.name, n_train, config.data.per_class or "all", len(test_x), total_steps,
+               config.num_epochs, epoch_steps)
+
+  state, not_loaded = build_state(config, num_classes, total_steps)
+  checkpointer = Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      meta={"experiment": "classifier", "dataset": config.data.name, "arch": config.model.arch},
+      max_to_keep=config.keep_checkpoints)
+  state, restored = checkpointer.restore_latest(state)
+  start = int(state.step)
+  if start >= total_steps:
+    logging.info("Checkpoint %d already reaches %d steps: nothing to train", start, total_steps)
+    return loop.read_summary(workdir)
+
+  a = config.augment
+  common = dict(image_size=config.model.image_size, channels=config.model.channels,
+                mean=IMAGENET_MEAN, std=IMAGENET_STD)
+  train_map = classifier_map_fn(train=True, crop_padding=a.crop_padding, flip=a.flip, seed=config.seed, **common)
+  eval_map = classifier_map_fn(train=False, **common)
+  batches = data.train_batches(train_x, train_y, batch_size=sizes.per_process, seed=config.seed,
+                               start_step=start, map_fn=train_map)
+  state = parallel.replicate(state, mesh)
+  eval_fn = jax.jit(clf.eval_step)
+  eval_batch = max(sizes.per_process, config.eval_batch_size // jax.process_count())
+  eval_batch -= eval_batch % jax.local_device_count()
+  results = {}
+
+  def run_eval(step, state):
+    res = evaluate(eval_fn, state, test_x, test_y, eval_batch, eval_map, mesh, num_classes)
+    results["last"] = res
+    results.setdefault("history", []).append({"step": step, "epoch": step / epoch_steps,
+                                              "test_accuracy": res["accuracy"]})
+    logging.info("step %d (epoch %.2f): test accuracy %.4f, loss %.4f", step, step / epoch_steps,
+                 res["accuracy"], res["loss"])
+    return {"test_accuracy": res["accuracy"], "test_loss": res["loss"]}
+
+  eval_every = max(1, int(round(config.eval_every_epochs * epoch_steps)))
+  result = loop.run(
+      state=state, step_fn=clf.train_step, num_steps=total_steps,
+      batches=(parallel.global_batch(b, mesh) for b in batches), rng=jax.random.key(config.seed), mesh=mesh,
+      config=config, workdir=workdir, checkpointer=checkpointer, start_step=start, global_batch=sizes.global_,
+      hooks=((eval_every, run_eval),))
+
+  final = results.get("last")
+  names = class_names(config.data.name, num_classes)
+  if final is not None:
+    plot_confusion(os.path.join(workdir, "confusion.png"), final["confusion"], names,
+                   f"{config.model.arch} on {config.data.name}: test accuracy {final['accuracy']:.4f}")
+  reporting.plot_curves(os.path.join(workdir, "curves.png"), result.history,
+                        ["loss", "accuracy", "test_accuracy"], title=f"{config.model.arch} on {config.data.name}")
+  if reporting.is_writer() and result.status == "completed":
+    final_state = jax.device_get(result.state)
+    pretrained.save(os.path.join(workdir, "model.msgpack"),
+                    {"params": final_state.params, "batch_stats": final_state.batch_stats},
+                    {"arch": config.model.arch, "source": f"tlgan classifier on {config.data.name}",
+                     "sha256": "", "stem": config.model.stem})
+  summary = {
+      "experiment": "classifier",
+      "dataset": config.data.name,
+      "mode": config.mode,
+      "init": config.init.weights or "scratch",
+      "not_loaded": list(not_loaded),
+      "per_class": config.data.per_class,
+      "train_examples": n_train,
+      "status": result.status,
+      "step": result.step,
+      "num_steps": total_steps,
+      "epochs": result.step / epoch_steps,
+      "resumed_from_step": restored,
+      "test_accuracy": final["accuracy"] if final else None,
+      "test_examples": final["count"] if final else None,
+      "accuracy_history": results.get("history", []),
+      "wall_time_s": round(time.time() - wall_start, 2),
+      "train_time_s": round(result.train_seconds, 2),
+      "compile_time_s": round(result.compile_seconds, 2),
+      "train_images_per_s": round(result.images_per_second, 1),
+      "final_metrics": {k: v for k, v in result.last_metrics.items()},
+      "batch_size": {"global": sizes.global_, "per_process": sizes.per_process, "per_device": sizes.per_device},
+      "devices": jax.device_count(),
+      "backend": jax.default_backend(),
+  }
+  reporting.write_json(os.path.join(workdir, "summary.json"), summary)
+  return summary
