@@ -62,6 +62,7 @@ def get_config(arg=None):
   config.batch_size = 128  # global
   config.eval_batch_size = 500
   config.num_epochs = 5.0
+  config.num_steps = 0  # > 0: train this many steps, whatever the epochs
   config.eval_every_epochs = 1.0
   config.log_every = 50
   config.checkpoint_every = 500

@@ -24,8 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def trainers():
-  from tlgan.trainers import classifier, gan
-  return {"gan": gan.train_and_evaluate, "classifier": classifier.train_and_evaluate}
+  from tlgan.trainers import classifier, gan, transfer_study
+  return {"gan": gan.train_and_evaluate, "classifier": classifier.train_and_evaluate,
+          "transfer_study": transfer_study.train_and_evaluate}
 
 
 class _QuietLibraries:

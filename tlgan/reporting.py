@@ -18,7 +18,7 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def _atomic_write(path: str, write_fn, mode: str = "wb") -> None:
+def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
@@ -33,7 +33,7 @@ def _atomic_write(path: str, write_fn, mode: str = "wb") -> None:
 
 def write_json(path: str, obj) -> None:
   if is_writer():
-    _atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode="w")
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), mode="w")
 
 
 def image_grid(images: np.ndarray, columns: Optional[int] = None, padding: int = 2) -> np.ndarray:
@@ -58,7 +58,7 @@ def save_image_grid(path: str, images: np.ndarray, upscale: int = 2) -> None:
   pil = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   if upscale > 1:
     pil = pil.resize((pil.width * upscale, pil.height * upscale), Image.NEAREST)
-  _atomic_write(path, lambda f: pil.save(f, format="PNG"))
+  atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
 def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str], title: str = "") -> None:
@@ -79,7 +79,7 @@ def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str],
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+  atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
   plt.close(fig)
 
 
@@ -102,7 +102,7 @@ class MetricWriter:
       return
     self.history = [row for row in self.history if row["step"] <= step]
     self._jsonl.close()
-    _atomic_write(self._jsonl_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.history), "w")
+    atomic_write(self._jsonl_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.history), "w")
     self._jsonl = open(self._jsonl_path, "a")
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:

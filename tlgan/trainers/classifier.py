@@ -49,7 +49,7 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return max(1, math.ceil(num_examples / global_batch))
 
 
-def build_state(config, num_classes: int, total_steps: int, log=True):
+def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, log=True):
   """(state, names of variables not loaded): fresh, or initialised from `config.init.weights`."""
   model = build_model(config, num_classes)
   image_shape = (config.model.image_size, config.model.image_size, config.model.channels)
@@ -67,7 +67,7 @@ def build_state(config, num_classes: int, total_steps: int, log=True):
   tx_fn = lambda params: clf.make_optimizer(
       params, mode=config.mode, optimizer=o.name, learning_rate=o.learning_rate,
       backbone_lr_factor=o.backbone_lr_factor, momentum=o.momentum, weight_decay=o.weight_decay,
-      warmup_steps=int(o.warmup_epochs * total_steps / max(config.num_epochs, 1e-9)), total_steps=total_steps)
+      warmup_steps=int(o.warmup_epochs * epoch_steps), total_steps=total_steps)
   try:
     state = clf.init_state(None, model, tx_fn, image_shape=image_shape, num_classes=num_classes,
                            label_smoothing=o.label_smoothing, mode=config.mode,
@@ -109,7 +109,7 @@ def plot_confusion(path: str, confusion: np.ndarray, class_names, title: str) ->
   ax.set_ylabel("true")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  reporting._atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  reporting.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
   plt.close(fig)
 
 
@@ -143,12 +143,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   test_x, test_y = data.load_split(config.data.name, config.data.test_split, **load)
   n_train = len(train_x) * jax.process_count()
   epoch_steps = steps_per_epoch(n_train, sizes.global_)
-  total_steps = max(1, int(round(config.num_epochs * epoch_steps)))
+  if config.num_steps > 0:  # a fixed budget of steps (comparisons across dataset sizes) instead of epochs
+    total_steps = config.num_steps
+  else:
+    total_steps = max(1, int(round(config.num_epochs * epoch_steps)))
   logging.info("%s: %d training examples (%s per class), %d test; %d steps (%.1f epochs of %d steps)",
                config.data.name, n_train, config.data.per_class or "all", len(test_x), total_steps,
-               config.num_epochs, epoch_steps)
+               total_steps / epoch_steps, epoch_steps)
 
-  state, not_loaded = build_state(config, num_classes, total_steps)
+  state, not_loaded = build_state(config, num_classes, total_steps, epoch_steps)
   checkpointer = Checkpointer(
       os.path.join(workdir, "checkpoints"),
       meta={"experiment": "classifier", "dataset": config.data.name, "arch": config.model.arch},
