@@ -40,6 +40,21 @@ def get_config(arg=None):
   config.b2 = 0.999
   config.ema_decay = 0.999  # EMA of G's weights for samples and evaluation; 0 disables
 
+  # Sample quality: FD and KID in the space of a ResNet18 trained on the dataset by tlgan's classifier
+  # trainer (reported as FD[resnet18-<dataset>]). Without weights it is trained once into the cache.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.enabled = True
+  config.eval.every = 700  # steps
+  config.eval.num_samples = 2000  # during training
+  config.eval.final_num_samples = 10000  # at the end, into summary.json
+  config.eval.split = "test"  # the real reference
+  config.eval.kid_subsets = 100
+  config.eval.kid_subset_size = 1000
+  config.eval.feature_weights = ""  # '' = <cache_dir>/feature_nets/resnet18-<dataset>/model.msgpack
+  config.eval.feature_train_epochs = 2.0  # when the feature network has to be trained first
+  config.eval.feature_width = 64
+  config.eval.cache_dir = "~/.cache/tlgan"
+
   config.log_every = 50
   config.sample_every = 400
   config.checkpoint_every = 400
@@ -65,6 +80,13 @@ def get_config(arg=None):
       config.checkpoint_every = 2
       config.num_sample_images = 16
       config.ema_decay = 0.9
+      config.eval.every = 2
+      config.eval.num_samples = 24
+      config.eval.final_num_samples = 32
+      config.eval.kid_subsets = 3
+      config.eval.kid_subset_size = 8
+      config.eval.feature_train_epochs = 1.0
+      config.eval.feature_width = 8
     else:
       raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist or cifar10")
   return config

@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -13,11 +14,15 @@ from tlgan.checkpoint import Checkpointer
 from tlgan.trainers import gan as gan_trainer
 
 
+CACHE_DIR = os.path.join(tempfile.gettempdir(), f"tlgan-test-cache-{os.getpid()}")
+
+
 def smoke(num_steps=4, **overrides):
   from configs import gan
   config = gan.get_config("smoke")
   config.num_steps = num_steps
   config.data.manual_dir = "/nonexistent"  # mock data only, even where the Debian files exist
+  config.eval.cache_dir = CACHE_DIR  # the tiny feature network is trained once per test session
   for key, value in overrides.items():
     node = config
     *path, leaf = key.split(".")
@@ -52,8 +57,13 @@ def test_run_writes_checkpoint_png_and_summary(finished_run):
   with open(os.path.join(workdir, "summary.json")) as f:
     assert json.load(f) == summary
   assert all(np.isfinite(v) for v in summary["final_metrics"].values())
+  final = summary["final_eval"]
+  assert final["network"] == "resnet18-fashion_mnist" and final["num_samples"] == 32
+  fd = final["generated"]["FD[resnet18-fashion_mnist]"]
+  assert np.isfinite(fd) and fd > final["floor_train_vs_reference"]["FD[resnet18-fashion_mnist]"]
+  assert "FD[resnet18-fashion_mnist]" in summary["final_metrics"]  # logged during training too
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  for png in ("samples.png", "losses.png", "samples/step_000002.png", "samples/step_000004.png"):
+  for png in ("samples.png", "losses.png", "fd.png", "samples/step_000002.png", "samples/step_000004.png"):
     with open(os.path.join(workdir, png), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

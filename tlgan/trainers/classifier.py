@@ -203,7 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     pretrained.save(os.path.join(workdir, "model.msgpack"),
                     {"params": final_state.params, "batch_stats": final_state.batch_stats},
                     {"arch": config.model.arch, "source": f"tlgan classifier on {config.data.name}",
-                     "sha256": "", "stem": config.model.stem})
+                     "sha256": "", "stem": config.model.stem, "image_size": config.model.image_size,
+                     "dataset": config.data.name})
   summary = {
       "experiment": "classifier",
       "dataset": config.data.name,

@@ -23,7 +23,7 @@ from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.models.dcgan import Discriminator, Generator, num_upsamplings
 from tlgan.steps import gan as gan_step
-from tlgan.trainers import loop
+from tlgan.trainers import gan_eval, loop
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -83,6 +83,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   logging.info("%s[%s]: %d examples in this process, image shape %s", config.data.name, config.data.split,
                len(images), images.shape[1:])
   batches = data.train_batches(images, labels, batch_size=sizes.per_process, seed=config.seed, start_step=start)
+  evaluator = None
+  if config.eval.enabled:
+    test_images, _ = data.load_split(
+        config.data.name, config.eval.split, data_dir=config.data.data_dir or None,
+        manual_dir=config.data.manual_dir or None, download=config.data.download)
+    evaluator = gan_eval.GANEvaluator(config, test_images)
 
   state = parallel.replicate(state, mesh)
   rng = jax.random.key(config.seed)
@@ -97,14 +103,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   def to_device(batch):
     return parallel.global_batch({"image": batch["image"]}, mesh)
 
+  hooks = [(config.sample_every, write_samples)]
+  if evaluator is not None:
+    hooks.append((config.eval.every, lambda step, state: evaluator(
+        state, config.eval.num_samples, max(1, config.eval.kid_subsets // 5))))
   result = loop.run(
       state=state, step_fn=gan_step.train_step, batches=map(to_device, batches), rng=rng, mesh=mesh,
       config=config, workdir=workdir, checkpointer=checkpointer, start_step=start,
-      global_batch=sizes.global_, hooks=((config.sample_every, write_samples),))
+      global_batch=sizes.global_, hooks=hooks)
 
-  writer_history = result.history
-  reporting.plot_curves(os.path.join(workdir, "losses.png"), writer_history,
+  reporting.plot_curves(os.path.join(workdir, "losses.png"), result.history,
                         ["d_loss", "g_loss", "d_real", "d_fake"], title=f"DCGAN on {config.data.name}")
+  final_eval = None
+  if evaluator is not None and result.status == "completed":
+    final_eval = {
+        "network": evaluator.net.name,
+        "network_weights_sha256": evaluator.net.weights_sha256,
+        "num_samples": config.eval.final_num_samples,
+        "reference": f"{config.data.name}[{config.eval.split}] ({len(evaluator.real)} images)",
+        "generated": evaluator(result.state, config.eval.final_num_samples, config.eval.kid_subsets),
+        "floor_train_vs_reference": evaluator.floor(images),
+    }
+    reporting.plot_curves(os.path.join(workdir, "fd.png"), result.history, [evaluator.fd_key, evaluator.kid_key],
+                          title=f"sample quality in {evaluator.net.name} space ({config.eval.num_samples} samples)")
   summary = {
       "experiment": "gan",
       "dataset": config.data.name,
@@ -117,6 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "compile_time_s": round(result.compile_seconds, 2),
       "train_images_per_s": round(result.images_per_second, 1),
       "final_metrics": result.last_metrics,
+      "final_eval": final_eval,
       "batch_size": {"global": sizes.global_, "per_process": sizes.per_process, "per_device": sizes.per_device},
       "devices": jax.device_count(),
       "processes": jax.process_count(),

@@ -78,16 +78,19 @@ class StopRequest:
     return False
 
 
-def _check_and_average(pending, history_keys=None):
-  """Fetches [(step, metrics)] in one transfer, raises on NaN/Inf, returns the mean of each metric."""
-  steps = [s for s, _ in pending]
+def _check_finite(pending) -> None:
+  """Raises NonFiniteError naming the first step and metric of [(step, metrics)] that is NaN or Inf."""
   fetched = jax.device_get([m for _, m in pending])
-  for step, metrics in zip(steps, fetched):
+  for (step, _), metrics in zip(pending, fetched):
     for key, value in metrics.items():
       if not np.all(np.isfinite(value)):
         raise NonFiniteError(f"training diverged: {key} = {float(value)} at step {step}; no checkpoint of it "
                              "was written (the latest checkpoint is the last good one): lower the learning "
                              "rate or change the loss, then rerun")
+
+
+def _average(pending) -> Dict[str, float]:
+  fetched = jax.device_get([m for _, m in pending])
   return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
 
 
@@ -113,7 +116,7 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
   hook_scalars: Dict[str, float] = {}
   step, status = start_step, "completed"
   windows: List[tuple] = []  # (steps, seconds) between log points
-  window_start, window_steps = time.perf_counter(), 0
+  window_start, window_steps, hook_seconds = time.perf_counter(), 0, 0.0
   progress = tqdm(total=num_steps, initial=start_step, unit="step", disable=not reporting.is_writer(),
                   dynamic_ncols=True, mininterval=2.0, file=sys.stderr, desc=config.experiment)
   try:
@@ -124,24 +127,30 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
         window_steps += 1
         pending.append((step, metrics))
         progress.update(1)
-        for every, hook in hooks:  # evaluation, samples: also after the last step
-          if step == num_steps or step % every == 0:
-            scalars = hook(step, state)
-            if scalars:
-              writer.write(step, scalars)
-              hook_scalars.update(scalars)
+        due = [hook for every, hook in hooks if step == num_steps or step % every == 0]
+        if due:  # hooks read the state: make sure it is finite first (this syncs, as the hooks would)
+          _check_finite(pending)
+        hook_start = time.perf_counter()
+        step_scalars = {}
+        for hook in due:  # evaluation, samples: also after the last step
+          step_scalars.update(hook(step, state) or {})
+        hook_seconds += time.perf_counter() - hook_start  # kept out of the training rate
+        hook_scalars.update(step_scalars)
         stopping = stop.signal_name is not None and step < num_steps
         save = stopping or step == num_steps or step % config.checkpoint_every == 0
         if save or step % config.log_every == 0:
-          last_metrics = _check_and_average(pending)  # blocks on the device: the window's time is real
+          _check_finite(pending)  # blocks on the device: the window's time is real
+          last_metrics = _average(pending)
           pending.clear()
-          elapsed = time.perf_counter() - window_start
+          elapsed = time.perf_counter() - window_start - hook_seconds
           windows.append((window_steps, elapsed))
           rate = window_steps * global_batch / elapsed
-          writer.write(step, {**last_metrics, "images_per_s": rate})
+          writer.write(step, {**last_metrics, "images_per_s": rate, **step_scalars})
           progress.set_postfix({"img/s": f"{rate:.0f}", **{k: f"{last_metrics[k]:.3f}" for k in
                                                         ("d_loss", "g_loss", "loss") if k in last_metrics}})
-          window_start, window_steps = time.perf_counter(), 0
+          window_start, window_steps, hook_seconds = time.perf_counter(), 0, 0.0
+        elif step_scalars:
+          writer.write(step, step_scalars)
         if save:
           checkpointer.save(step, state)
         if stopping:
