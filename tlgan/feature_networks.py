@@ -1,5 +1,7 @@
 """Feature networks for FD/KID, and cached reference statistics of real data.
 
+`inception_v3_fid`: pytorch-fid's Inception-v3 (`tlgan.models.inception`), for FID proper.
+
 `resnet18-<dataset>`: our ResNet18 trained on the dataset by tlgan's own classifier trainer (offline, a domain
 feature network). Its weights file is referenced from the GAN config (`eval.feature_weights`); when the file
 is missing, `ensure_domain_weights` trains it once (a short `configs/transfer.py:fashion_pretrain`-style run)
@@ -69,6 +71,27 @@ def domain_resnet(weights_path: str, dataset: str) -> FeatureNetwork:
   return FeatureNetwork(name=f"{meta.get('arch', 'resnet18')}-{dataset}",
                         weights_sha256=pretrained.sha256_of(weights_path),
                         dim=int(variables["params"]["fc"]["kernel"].shape[0]), apply=apply)
+
+
+def inception_fid(weights_path: str) -> FeatureNetwork:
+  """pytorch-fid's Inception-v3 (converted with `python -m tlgan.pretrained --arch=inception_v3_fid`):
+  numbers in its space are FID proper. Grayscale images are copied to 3 channels, as pytorch-fid does."""
+  from tlgan.models.inception import InceptionV3FID
+  variables, meta = pretrained.load(weights_path)
+  if meta.get("arch") != pretrained.INCEPTION_FID:
+    raise ValueError(f"{weights_path} holds {meta.get('arch')!r} weights, not {pretrained.INCEPTION_FID}")
+  variables = jax.tree.map(jnp.asarray, variables)
+  model = InceptionV3FID()
+
+  @jax.jit
+  def apply(images):
+    x = (images + 1.0) / 2.0
+    if x.shape[-1] == 1:
+      x = jnp.repeat(x, 3, axis=-1)
+    return model.apply(variables, x)
+
+  return FeatureNetwork(name=pretrained.INCEPTION_FID, weights_sha256=pretrained.sha256_of(weights_path),
+                        dim=2048, apply=apply)
 
 
 def default_weights_path(cache_dir: str, dataset: str) -> str:

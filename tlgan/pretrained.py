@@ -33,6 +33,10 @@ ARCHS = {
     "resnet50": dict(module="ResNet50",
                      url="https://download.pytorch.org/models/resnet50-0676ba61.pth", sha256_prefix="0676ba61"),
 }
+INCEPTION_FID = "inception_v3_fid"
+ARCHS[INCEPTION_FID] = dict(
+    module=None, sha256_prefix="6726825d",
+    url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth")
 FORMAT = "tlgan-pretrained-v1"
 
 
@@ -42,8 +46,9 @@ class ConversionError(UserError):
 
 def model_for(arch: str, num_classes: int = 1000, **kwargs):
   from tlgan.models import resnet
-  if arch not in ARCHS:
-    raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+  if arch not in ARCHS or ARCHS[arch]["module"] is None:
+    resnets = [a for a, info in ARCHS.items() if info["module"]]
+    raise UserError(f"unknown ResNet architecture {arch!r}: choose one of {', '.join(resnets)}")
   return getattr(resnet, ARCHS[arch]["module"])(num_classes=num_classes, **kwargs)
 
 
@@ -63,7 +68,7 @@ def _flax_path(torch_key: str) -> Tuple[str, Tuple[str, ...]]:
       path.append(parts[i])
       i += 1
   leaf = parts[-1]
-  is_bn = path and (path[-1].startswith("bn") or path[-1] == "downsample_bn")
+  is_bn = bool(path) and (path[-1].startswith("bn") or path[-1] == "downsample_bn")
   if leaf == "weight":
     return "params", tuple(path) + (("scale",) if is_bn else ("kernel",))
   if leaf == "bias":
@@ -89,9 +94,16 @@ def from_torchvision(state_dict: Mapping[str, Any], arch: str = "resnet18") -> D
   """
   if not isinstance(state_dict, Mapping) or "fc.weight" not in state_dict:
     raise ConversionError(f"not a torchvision {arch} state dict (no 'fc.weight' key)")
-  num_classes = int(np.shape(state_dict["fc.weight"])[0])
-  model = model_for(arch, num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32)))
+  if arch == INCEPTION_FID:
+    from tlgan.models.inception import InceptionV3FID
+    model, sample = InceptionV3FID(), np.zeros((1, 299, 299, 3), np.float32)
+  else:
+    model, sample = model_for(arch, int(np.shape(state_dict["fc.weight"])[0])), np.zeros((1, 64, 64, 3), np.float32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), sample))
+  return _convert(state_dict, shapes, arch)
+
+
+def _convert(state_dict, shapes, arch) -> Dict[str, Any]:
   expected = {col: traverse_util.flatten_dict(tree) for col, tree in shapes.items()}
   out: Dict[str, Dict[Tuple[str, ...], np.ndarray]] = {col: {} for col in expected}
   for key in state_dict:

@@ -90,6 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         manual_dir=config.data.manual_dir or None, download=config.data.download)
     evaluator = gan_eval.GANEvaluator(config, test_images)
 
+  reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())  # for experiments.sample
   state = parallel.replicate(state, mesh)
   rng = jax.random.key(config.seed)
   z_fixed = fixed_noise(config, config.num_sample_images)

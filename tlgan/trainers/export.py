@@ -1,0 +1,45 @@
+"""Samples of a trained GAN as a uint8 .npz, from a workdir's latest checkpoint and saved config."""
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from tlgan import data, reporting
+from tlgan.checkpoint import Checkpointer
+from tlgan.errors import UserError
+from tlgan.steps import gan as gan_step
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{workdir} has no config.json: is it the workdir of a tlgan run?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 [0, 255], rounding to nearest (the inverse of the pipeline's x / 127.5 - 1)."""
+  return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def export_samples(workdir: str, num: int, output: str, seed: int = 0, batch_size: int = 500) -> str:
+  if num <= 0:
+    raise UserError(f"--num must be positive, got {num}")
+  from tlgan.trainers.gan import build_state
+  config = load_run_config(workdir)
+  if config.experiment != "gan":
+    raise UserError(f"{workdir} is a {config.experiment} run, not a GAN run")
+  state = build_state(config, data.spec(config.data.name).image_shape)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), {"experiment": "gan"})
+  state, step = checkpointer.restore_latest(state)
+  if step is None:
+    raise UserError(f"{workdir} has no checkpoint yet: train first")
+  sample = jax.jit(gan_step.sample)
+  z = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
+  images = np.concatenate([to_uint8(sample(state, z[i:i + batch_size])) for i in range(0, num, batch_size)])
+  reporting.atomic_write(output, lambda f: np.savez(f, images=images, step=step))
+  return output
