@@ -33,7 +33,7 @@ def get_config(arg=None):
 
   config.loss = "nonsaturating"  # or 'hinge'
   config.batch_size = 64  # GLOBAL batch size, split over processes and devices
-  config.num_steps = 2800
+  config.num_steps = 2400
   config.g_lr = 2e-4
   config.d_lr = 2e-4
   config.b1 = 0.5
@@ -44,15 +44,16 @@ def get_config(arg=None):
   # trainer (reported as FD[resnet18-<dataset>]). Without weights it is trained once into the cache.
   config.eval = ml_collections.ConfigDict()
   config.eval.enabled = True
-  config.eval.every = 700  # steps
+  config.eval.every = 800  # steps
   config.eval.num_samples = 2000  # during training
   config.eval.final_num_samples = 10000  # at the end, into summary.json
   config.eval.split = "test"  # the real reference
   config.eval.kid_subsets = 100
   config.eval.kid_subset_size = 1000
   config.eval.feature_weights = ""  # '' = <cache_dir>/feature_nets/resnet18-<dataset>/model.msgpack
-  config.eval.feature_train_epochs = 2.0  # when the feature network has to be trained first
+  config.eval.feature_train_epochs = 1.0  # when the feature network has to be trained first (~1.5 min)
   config.eval.feature_width = 64
+  config.eval.inception_weights = ""  # converted pytorch-fid weights: adds FD[inception_v3_fid] (slow on CPU)
   config.eval.cache_dir = "~/.cache/tlgan"
 
   config.log_every = 50

@@ -44,3 +44,14 @@ def run_cli(*args, env=None, timeout=300):
 def smoke_config():
   from configs import gan
   return gan.get_config("smoke")
+
+
+def override(config, **overrides):
+  """Sets dotted fields: override(config, **{"model.width": 8}). Returns the config."""
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config

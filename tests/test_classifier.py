@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tests.conftest import override
 from tlgan import pretrained
 from tlgan.models.resnet import ResNet
 from tlgan.steps import classifier as clf
@@ -105,13 +106,7 @@ def smoke(**overrides):
   from configs import transfer
   config = transfer.get_config("smoke")
   config.data.manual_dir = "/nonexistent"
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return override(config, **overrides)
 
 
 def train(config, workdir):
@@ -170,3 +165,20 @@ def test_finetune_from_exported_weights(pretrain_run, tmp_path):
                            "mode": "linear_probe"}), tmp_path)
   assert summary["not_loaded"] == ["params/fc/bias", "params/fc/kernel"]
   assert summary["mode"] == "linear_probe" and summary["status"] == "completed"
+
+
+def test_resnet_options_dtype_and_zero_init_residual():
+  from tlgan.models import ResNet18
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  model = ResNet18(num_classes=4, width=8, zero_init_residual=True)
+  variables = model.init(jax.random.key(1), x)
+  # torchvision's zero_init_residual: the last BatchNorm of every block starts at scale 0.
+  for name, block in variables["params"].items():
+    if name.startswith("layer"):
+      assert not np.any(np.asarray(block["bn2"]["scale"])) and np.all(np.asarray(block["bn1"]["scale"]) == 1)
+  logits32 = ResNet18(num_classes=4, width=8).apply(variables, x)
+  logits16 = ResNet18(num_classes=4, width=8, dtype=jnp.bfloat16).apply(variables, x)
+  assert variables["params"]["conv1"]["kernel"].dtype == jnp.float32  # parameters stay float32
+  np.testing.assert_allclose(np.asarray(logits16, np.float32), np.asarray(logits32), rtol=0.1, atol=0.05)
+  features = ResNet18(num_classes=4, width=8).apply(variables, x, method="features")
+  assert features.shape == (2, 64)

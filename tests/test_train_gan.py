@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.conftest import REPO, run_cli, tree_hash
+from tests.conftest import REPO, override, run_cli, tree_hash
 from tlgan.checkpoint import Checkpointer
 from tlgan.trainers import gan as gan_trainer
 
@@ -25,13 +25,7 @@ def smoke(num_steps=4, **overrides):
   config.num_steps = num_steps
   config.data.manual_dir = "/nonexistent"  # mock data only, even where the Debian files exist
   config.eval.cache_dir = CACHE_DIR  # the tiny feature network is trained once per test session
-  for key, value in overrides.items():
-    node = config
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return override(config, **overrides)
 
 
 def train(config, workdir):
@@ -60,7 +54,7 @@ def test_run_writes_checkpoint_png_and_summary(finished_run):
     assert json.load(f) == summary
   assert all(np.isfinite(v) for v in summary["final_metrics"].values())
   final = summary["final_eval"]
-  assert final["network"] == "resnet18-fashion_mnist" and final["num_samples"] == 32
+  assert list(final["networks"]) == ["resnet18-fashion_mnist"] and final["num_samples"] == 32
   fd = final["generated"]["FD[resnet18-fashion_mnist]"]
   assert np.isfinite(fd) and fd > final["floor_train_vs_reference"]["FD[resnet18-fashion_mnist]"]
   assert "FD[resnet18-fashion_mnist]" in summary["final_metrics"]  # logged during training too

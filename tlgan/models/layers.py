@@ -113,6 +113,7 @@ class Conv(nn.Module):
   dtype: Any = None
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
+  op = staticmethod(conv2d)
 
   @nn.compact
   def __call__(self, x):
@@ -120,27 +121,13 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv2d(x, kernel, self.strides, self.padding, self.impl)
+    y = self.op(x, kernel, self.strides, self.padding, self.impl)
     return y + bias if bias is not None else y
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(Conv):
   """torch.nn.ConvTranspose2d as a Flax module, NHWC. Kernel `(kh, kw, in, out)`."""
-  features: int
   kernel_size: Sequence[int] = (4, 4)
   strides: Sequence[int] = (2, 2)
   padding: Sequence[int] = (1, 1)
-  use_bias: bool = True
-  impl: str = "auto"
-  dtype: Any = None
-  kernel_init: Callable = nn.initializers.lecun_normal()
-  bias_init: Callable = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x):
-    kh, kw = _pair(self.kernel_size)
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
-    bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_transpose2d(x, kernel, self.strides, self.padding, self.impl)
-    return y + bias if bias is not None else y
+  op = staticmethod(conv_transpose2d)

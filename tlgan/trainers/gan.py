@@ -118,15 +118,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   final_eval = None
   if evaluator is not None and result.status == "completed":
     final_eval = {
-        "network": evaluator.net.name,
-        "network_weights_sha256": evaluator.net.weights_sha256,
+        "networks": {net.name: net.weights_sha256 for net in evaluator.nets},
         "num_samples": config.eval.final_num_samples,
-        "reference": f"{config.data.name}[{config.eval.split}] ({len(evaluator.real)} images)",
+        "reference": f"{config.data.name}[{config.eval.split}] ({len(test_images)} images)",
         "generated": evaluator(result.state, config.eval.final_num_samples, config.eval.kid_subsets),
         "floor_train_vs_reference": evaluator.floor(images),
     }
     reporting.plot_curves(os.path.join(workdir, "fd.png"), result.history, [evaluator.fd_key, evaluator.kid_key],
-                          title=f"sample quality in {evaluator.net.name} space ({config.eval.num_samples} samples)")
+                          title=f"sample quality in {evaluator.main_net.name} space ({config.eval.num_samples} samples)")
   summary = {
       "experiment": "gan",
       "dataset": config.data.name,
