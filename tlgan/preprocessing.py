@@ -1,8 +1,7 @@
 """Classifier preprocessing in tf.data: resize, channels, normalisation, and (seed, step)-determined
 augmentation (random crop from a padded image, horizontal flip), vectorised over the batch.
 
-The crop is done by `tf.image.crop_and_resize` with boxes on whole pixels, which samples exactly the pixels of
-an integer crop and resizes in the same op.
+Resize and random shift are one `tf.image.crop_and_resize` (see `classifier_map_fn`).
 """
 
 from typing import Callable, Dict, Sequence
@@ -16,7 +15,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[float] = IMAGENET_MEAN,
                       std: Sequence[float] = IMAGENET_STD, train: bool = False, crop_padding: int = 0,
                       flip: bool = False, seed: int = 0) -> Callable:
-  """Returns fn({'image': uint8 NHWC, 'label'}, step) -> {'image': float32 normalised, 'label'}."""
+  """Returns fn({'image': uint8 NHWC, 'label'}, step) -> {'image': float32 normalised, 'label'}.
+
+  Resizing is bilinear with half-pixel centres (as tf.image.resize and torch's align_corners=False). The
+  random crop is "pad by `crop_padding` and crop" at the *output* resolution, i.e. a random shift of up to
+  `crop_padding` pixels of the `image_size` image with zero fill, whatever the source resolution (2 pixels
+  of an 8x8 digit would be a quarter of the image). Resize and shift are one `tf.image.crop_and_resize`,
+  which samples the source at exactly the shifted output pixel centres; evaluation uses the same op unshifted.
+  """
   mean_t = tf.constant(mean[:channels], tf.float32)
   std_t = tf.constant(std[:channels], tf.float32)
 
@@ -26,21 +32,27 @@ def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[floa
       images = tf.repeat(images, 3, axis=-1)  # grayscale -> 3 channels for ImageNet-shaped stems
     n = tf.shape(images)[0]
     h, w = images.shape[1], images.shape[2]
+    shifts = tf.zeros((n, 2), tf.float32)
+    flips = None
     if train and (crop_padding > 0 or flip):
       seeds = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
       crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seeds, 2))
-      p = crop_padding
-      padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]]) if p > 0 else images
-      offsets = tf.random.stateless_uniform((n, 2), crop_seed, 0, 2 * p + 1, dtype=tf.int32)
-      oy, ox = tf.cast(offsets[:, 0], tf.float32), tf.cast(offsets[:, 1], tf.float32)
-      hp, wp = float(h + 2 * p - 1), float(w + 2 * p - 1)
-      boxes = tf.stack([oy / hp, ox / wp, (oy + h - 1) / hp, (ox + w - 1) / wp], axis=1)
-      images = tf.image.crop_and_resize(padded, boxes, tf.range(n), (image_size, image_size))
+      if crop_padding > 0:
+        shifts = tf.cast(tf.random.stateless_uniform((n, 2), crop_seed, -crop_padding, crop_padding + 1,
+                                                     dtype=tf.int32), tf.float32)
       if flip:
-        do_flip = tf.random.stateless_uniform((n, 1, 1, 1), flip_seed) < 0.5
-        images = tf.where(do_flip, images[:, :, ::-1, :], images)
-    elif (h, w) != (image_size, image_size):
-      images = tf.image.resize(images, (image_size, image_size), method="bilinear")
+        flips = tf.random.stateless_uniform((n, 1, 1, 1), flip_seed) < 0.5
+    # Output pixel i samples source coordinate (i + 0.5) * h / S - 0.5 (half-pixel centres), shifted by
+    # `shift` output pixels; crop_and_resize maps the box ends to the first and last output pixels.
+    sy, sx = h / image_size, w / image_size
+    y0 = (0.5 * sy - 0.5 + shifts[:, 0] * sy) / max(h - 1, 1)
+    x0 = (0.5 * sx - 0.5 + shifts[:, 1] * sx) / max(w - 1, 1)
+    y1 = y0 + (image_size - 1) * sy / max(h - 1, 1)
+    x1 = x0 + (image_size - 1) * sx / max(w - 1, 1)
+    images = tf.image.crop_and_resize(images, tf.stack([y0, x0, y1, x1], axis=1), tf.range(n),
+                                      (image_size, image_size), extrapolation_value=0.0)
+    if flips is not None:
+      images = tf.where(flips, images[:, :, ::-1, :], images)
     return {"image": (images - mean_t) / std_t, "label": batch["label"]}
 
   return fn
