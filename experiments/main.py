@@ -1,11 +1,13 @@
 """tlgan's entry point: `python -m experiments.main --config=configs/gan.py --workdir=runs/gan`.
 
-Parses flags, starts JAX's distributed runtime when asked, logs the devices, and hands the config to the
-trainer named by `config.experiment`. Problems with the input end the run with one line on stderr and exit
-status 2 (`--verbose` shows the traceback).
+Parses flags, logs the devices, and hands the config to the trainer named by `config.experiment`. Problems
+with the input (an unknown config field, a bad value, missing data, a workdir that does not fit) end the run
+with one line on stderr and exit status 2 (`--verbose` shows the traceback). A run stopped by SIGTERM or
+Ctrl-C saves a checkpoint and exits with status 3; the same command resumes it.
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -62,5 +64,40 @@ def main(argv):
     sys.exit(3)
 
 
+def _parse_or_exit(argv):
+  """Parses the flags and loads the config; a bad flag, config file or override is one line on stderr and
+  exit status 2."""
+  try:
+    remaining = FLAGS(argv)
+    FLAGS.config.experiment  # a config file that failed to load raises here
+    return remaining
+  except Exception as e:  # absl flag errors, and ml_collections' errors for files and overrides
+    if "--verbose" in argv or "--verbose=true" in argv:
+      raise
+    print(f"error: {_one_line(e, argv)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _one_line(e: Exception, argv) -> str:
+  text = str(e).strip()
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  config_arg = next((a for a in argv if a.startswith("--config=")), "--config")
+  if "No such file or directory" in text and not text.startswith("flag "):
+    return f"{config_arg}: no such config file"
+  if text.startswith("flag "):  # a value absl or the config could not take
+    if "Traceback" in text:  # raised while loading the config file: its last line says it
+      return f"{lines[0].split(':')[0]}: {lines[-1].split(': ', 1)[-1]}"
+    return lines[0]
+  words = set(re.findall(r"\w+", text))
+  culprit = next((a.split("=")[0] for a in argv if a.startswith("--config.")
+                  and a.split("=")[0].rsplit(".", 1)[-1] in words), None)
+  if culprit:
+    hint = re.search(r'Did you mean "(\w+)"', text)
+    return (f"{culprit}: the config has no field '{culprit.rsplit('.', 1)[-1]}'"
+            + (f" (did you mean {hint.group(1)}?)" if hint else "; check the spelling in the config file"))
+  return lines[0] if lines else type(e).__name__
+
+
 if __name__ == "__main__":
-  app.run(main)
+  parsed = _parse_or_exit(sys.argv)
+  app.run(main, flags_parser=lambda _: parsed)

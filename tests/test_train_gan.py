@@ -102,6 +102,11 @@ def test_nonfinite_loss_stops_without_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("args,env,message", [
+    (["--config.foo=1"], {}, "error: --config.foo: the config has no field 'foo'"),
+    (["--config.model.latnt_dim=3"], {}, "error: --config.model.latnt_dim: the config has no field 'latnt_dim' "
+                                         "(did you mean latent_dim?)"),
+    (["--config.batch_size=abc"], {}, "error: flag --config.batch_size=abc: invalid literal for int()"),
+    (["--config.batch_size=0"], {}, "error: batch_size must be positive, got 0"),
     (["--config.data.name=imagenet42"], {}, "error: unknown dataset 'imagenet42'"),
     (["--config.batch_size=3"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
      "error: batch_size 3 is not divisible by the 2 devices"),
