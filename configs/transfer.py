@@ -27,6 +27,7 @@ def get_config(arg=None):
   config.data.test_split = "test"
   config.data.per_class = 0  # > 0: that many labelled training examples per class
   config.data.subset_seed = -1  # which examples per_class picks; -1: config.seed
+  config.data.source_size = 0  # > 0: reduce images to this size first (e.g. 8: the look of 8x8 digits)
   config.data.data_dir = ""
   config.data.manual_dir = ""
   config.data.download = True

@@ -14,7 +14,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[float] = IMAGENET_MEAN,
                       std: Sequence[float] = IMAGENET_STD, train: bool = False, crop_padding: int = 0,
-                      flip: bool = False, seed: int = 0) -> Callable:
+                      flip: bool = False, seed: int = 0, source_size: int = 0) -> Callable:
   """Returns fn({'image': uint8 NHWC, 'label'}, step) -> {'image': float32 normalised, 'label'}.
 
   Resizing is bilinear with half-pixel centres (as tf.image.resize and torch's align_corners=False). The
@@ -22,6 +22,9 @@ def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[floa
   `crop_padding` pixels of the `image_size` image with zero fill, whatever the source resolution (2 pixels
   of an 8x8 digit would be a quarter of the image). Resize and shift are one `tf.image.crop_and_resize`,
   which samples the source at exactly the shifted output pixel centres; evaluation uses the same op unshifted.
+
+  `source_size` > 0 first reduces the images to that resolution (area averaging), so that a network can be
+  trained on the look of a lower-resolution target domain (e.g. 8x8 digits shown at 32x32).
   """
   mean_t = tf.constant(mean[:channels], tf.float32)
   std_t = tf.constant(std[:channels], tf.float32)
@@ -30,6 +33,8 @@ def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[floa
     images = tf.cast(batch["image"], tf.float32) / 255.0
     if images.shape[-1] == 1 and channels == 3:
       images = tf.repeat(images, 3, axis=-1)  # grayscale -> 3 channels for ImageNet-shaped stems
+    if source_size and images.shape[1] != source_size:
+      images = tf.image.resize(images, (source_size, source_size), method="area")
     n = tf.shape(images)[0]
     h, w = images.shape[1], images.shape[2]
     shifts = tf.zeros((n, 2), tf.float32)

@@ -164,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   a = config.augment
   common = dict(image_size=config.model.image_size, channels=config.model.channels,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, source_size=config.data.source_size)
   train_map = classifier_map_fn(train=True, crop_padding=a.crop_padding, flip=a.flip, seed=config.seed, **common)
   eval_map = classifier_map_fn(train=False, **common)
   batches = data.train_batches(train_x, train_y, batch_size=sizes.per_process, seed=config.seed,
