@@ -25,6 +25,7 @@ def feature_train_config(config):
   for field in ("name", "data_dir", "manual_dir", "download"):
     c.data[field] = config.data[field]
   c.num_epochs = config.eval.feature_train_epochs
+  c.optim.warmup_epochs = min(c.optim.warmup_epochs, 0.1 * c.num_epochs)  # a short run: a short warm-up
   c.model.width = config.eval.feature_width
   c.log_every = 100
   c.checkpoint_every = 200
@@ -66,13 +67,17 @@ class GANEvaluator:
     result = {}
     for net in self.nets:
       features, logits = net(images)
-      stats, real = feature_networks.stats_of(features), self.real_stats[net.name]
-      result[f"IS[{net.name}]"] = evaluation.inception_score(logits, splits=10)[0]  # its classifier's logits
-      result[f"FD[{net.name}]"] = evaluation.frechet_distance(stats.mean, stats.cov, real.mean, real.cov)
-      kid, kid_std = evaluation.kernel_distance(features, self.real[net.name], num_subsets=kid_subsets,
-                                                subset_size=self.config.eval.kid_subset_size,
-                                                seed=self.config.seed)
-      result[f"KID[{net.name}]"], result[f"KID_std[{net.name}]"] = kid, kid_std
+      result.update(self._compare_features(net, features, logits, kid_subsets))
+    return result
+
+  def _compare_features(self, net, features, logits, kid_subsets: int) -> Dict[str, float]:
+    stats, real = feature_networks.stats_of(features), self.real_stats[net.name]
+    result = {f"FD[{net.name}]": evaluation.frechet_distance(stats.mean, stats.cov, real.mean, real.cov)}
+    kid, kid_std = evaluation.kernel_distance(features, self.real[net.name], num_subsets=kid_subsets,
+                                              subset_size=self.config.eval.kid_subset_size, seed=self.config.seed)
+    result[f"KID[{net.name}]"], result[f"KID_std[{net.name}]"] = kid, kid_std
+    if logits is not None:  # the network's own classifier head gives an Inception Score
+      result[f"IS[{net.name}]"] = evaluation.inception_score(logits, splits=10)[0]
     return result
 
   def __call__(self, state, num_samples: int, kid_subsets: int) -> Dict[str, float]:
@@ -88,4 +93,10 @@ class GANEvaluator:
     hope for with these networks and this sample count."""
     n = min(len(train_images), len(self.real[self.main_net.name]))
     idx = np.random.default_rng(self.config.seed).choice(len(train_images), n, replace=False)
-    return self.compare(train_images[idx].astype(np.float32) / 127.5 - 1.0, self.config.eval.kid_subsets)
+    split = f"{self.config.data.split}-sample{self.config.seed}"
+    result = {}
+    for net in self.nets:  # cached like the reference: the same real images give the same features
+      features = feature_networks.reference_features(net, train_images[idx], dataset=self.config.data.name,
+                                                     split=split, cache_dir=self.config.eval.cache_dir)
+      result.update(self._compare_features(net, features, None, self.config.eval.kid_subsets))
+    return result
