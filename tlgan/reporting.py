@@ -112,8 +112,8 @@ class MetricWriter:
     self.history.append(row)
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
-    for key, value in scalars.items():
-      self._tb.add_scalar(key, float(value), int(step))
+    for key, value in scalars.items():  # 'FD[net]' -> 'FD/net': TensorBoard groups it, and allows it
+      self._tb.add_scalar(key.replace("[", "/").rstrip("]"), float(value), int(step))
 
   def close(self) -> None:
     if self._jsonl is not None:
