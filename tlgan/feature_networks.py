@@ -46,7 +46,8 @@ class FeatureNetwork:
 
 def domain_resnet(weights_path: str, dataset: str) -> FeatureNetwork:
   """The ResNet18 in `weights_path` (a tlgan weights file of a classifier run), as the trainer fed it:
-  [0, 1] pixels, 3 channels, resized to the trained size, ImageNet normalisation."""
+  [0, 1] pixels, 3 channels, resized to the trained size, ImageNet normalisation. Features: the pooled
+  512-d features scaled to norm sqrt(512) (see below); logits: its classifier head on the raw features."""
   variables, meta = pretrained.load(weights_path)
   num_classes = variables["params"]["fc"]["kernel"].shape[1]
   width = variables["params"]["conv1"]["kernel"].shape[-1]
@@ -66,7 +67,12 @@ def domain_resnet(weights_path: str, dataset: str) -> FeatureNetwork:
     x = (x - mean) / std
     feats = model.apply(variables, x, features_only=True)
     head = variables["params"]["fc"]
-    return feats, feats @ head["kernel"] + head["bias"]
+    logits = feats @ head["kernel"] + head["bias"]
+    # The raw pooled features' norms differ 20x between classes (Fashion-MNIST's trousers), so FD and KID
+    # on them mostly count trousers, and vary wildly between sample sets. On the sphere of radius
+    # sqrt(dim), every image weighs the same and each coordinate is O(1), as FD and KID's kernel expect.
+    feats = feats * (feats.shape[-1] ** 0.5 / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-6))
+    return feats, logits
 
   return FeatureNetwork(name=f"{meta.get('arch', 'resnet18')}-{dataset}",
                         weights_sha256=pretrained.sha256_of(weights_path),
