@@ -48,13 +48,16 @@ def _batch_norm(train: bool, axis_name: Optional[str], dtype: Any):
                       scale_init=bn_scale_init, dtype=dtype)
 
 
-class Generator(nn.Module):
-  """z (N, latent_dim) -> images (N, H, W, C) in [-1, 1]."""
+class _DCGANModule(nn.Module):
   image_shape: Sequence[int] = (28, 28, 1)
   features: int = 64
-  conv_impl: str = "auto"
-  dtype: Any = None
-  axis_name: Optional[str] = None
+  conv_impl: str = "auto"  # see tlgan.models.layers
+  dtype: Any = None  # compute dtype; parameters stay float32
+  axis_name: Optional[str] = None  # under pmap: BatchNorm statistics over this axis
+
+
+class Generator(_DCGANModule):
+  """z (N, latent_dim) -> images (N, H, W, C) in [-1, 1]."""
 
   @nn.compact
   def __call__(self, z, train: bool = True):
@@ -74,13 +77,8 @@ class Generator(nn.Module):
     return jnp.tanh(x.astype(jnp.float32))
 
 
-class Discriminator(nn.Module):
+class Discriminator(_DCGANModule):
   """images (N, H, W, C) in [-1, 1] -> logits (N,)."""
-  image_shape: Sequence[int] = (28, 28, 1)
-  features: int = 64
-  conv_impl: str = "auto"
-  dtype: Any = None
-  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):

@@ -24,6 +24,7 @@ from jax import lax
 
 Pair = Tuple[int, int]
 IMPLS = ("auto", "xla", "matmul")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config names -> dtypes
 
 
 def _pair(v) -> Pair:

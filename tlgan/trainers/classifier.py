@@ -24,21 +24,19 @@ import numpy as np
 from tlgan import data, parallel, pretrained, reporting
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError, UserError
+from tlgan.models.layers import COMPUTE_DTYPES
 from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, classifier_map_fn
 from tlgan.steps import classifier as clf
 from tlgan.trainers import loop
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def build_model(config, num_classes: int, axis_name=None):
   m = config.model
-  if m.dtype not in DTYPES:
-    raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+  if m.dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f"model.dtype must be one of {sorted(COMPUTE_DTYPES)}, got {m.dtype!r}")
   if m.image_size < 8:
     raise ConfigError(f"model.image_size {m.image_size} is too small for a ResNet: use 32 or more")
   try:
-    return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=DTYPES[m.dtype],
+    return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=COMPUTE_DTYPES[m.dtype],
                                 conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual,
                                 axis_name=axis_name)
   except UserError as e:

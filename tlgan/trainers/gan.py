@@ -21,23 +21,22 @@ import optax
 from tlgan import data, parallel, reporting
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
+from tlgan.models.layers import COMPUTE_DTYPES
 from tlgan.models.dcgan import Discriminator, Generator, num_upsamplings
 from tlgan.steps import gan as gan_step
 from tlgan.trainers import gan_eval, loop
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) -> gan_step.GANState:
   """A freshly initialised GANState for the config (deterministic in config.seed)."""
   m = config.model
-  if m.dtype not in DTYPES:
-    raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
+  if m.dtype not in COMPUTE_DTYPES:
+    raise ConfigError(f"model.dtype must be one of {sorted(COMPUTE_DTYPES)}, got {m.dtype!r}")
   try:
     num_upsamplings(image_shape[0])
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  kwargs = dict(image_shape=tuple(image_shape), conv_impl=m.conv_impl, dtype=DTYPES[m.dtype], axis_name=axis_name)
+  kwargs = dict(image_shape=tuple(image_shape), conv_impl=m.conv_impl, dtype=COMPUTE_DTYPES[m.dtype],
+                axis_name=axis_name)
   generator = Generator(features=m.g_features, **kwargs)
   discriminator = Discriminator(features=m.d_features, **kwargs)
   g_tx = optax.adam(config.g_lr, b1=config.b1, b2=config.b2)
@@ -125,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         "floor_train_vs_reference": evaluator.floor(images),
     }
     reporting.plot_curves(os.path.join(workdir, "fd.png"), result.history, [evaluator.fd_key, evaluator.kid_key],
-                          title=f"sample quality in {evaluator.main_net.name} space ({config.eval.num_samples} samples)")
+                          title=f"{evaluator.main_net.name} space, {config.eval.num_samples} samples")
   summary = {
       "experiment": "gan",
       "dataset": config.data.name,
