@@ -1,7 +1,6 @@
 """The transfer study's one command, tiny: pretrain, fine-tune arms over label counts and seeds, table."""
 
 import json
-import os
 
 import tensorflow_datasets as tfds
 

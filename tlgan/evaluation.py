@@ -8,13 +8,11 @@ Statistics are streamed: `FeatureStats` accumulates the sum and the sum of outer
 batches, so 50k x 2048 features never sit in memory at once.
 """
 
-import dataclasses
 from typing import Tuple
 
 import numpy as np
 from scipy import linalg
 
-from tlgan.errors import UserError
 
 
 class FeatureStats:

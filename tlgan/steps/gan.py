@@ -9,7 +9,7 @@ gradient is pulled back through the *updated* D and that single G forward. All r
 `fold_in(rng, s)`, so a resumed run draws exactly the numbers an uninterrupted one would.
 """
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax

@@ -13,7 +13,6 @@ import time
 from typing import Any, Dict
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax

@@ -10,7 +10,6 @@ with `update_readme`, between the `transfer-table` markers of README.md.
 """
 
 import copy
-import json
 import logging
 import os
 import re
