@@ -51,7 +51,7 @@ def get_config(arg=None):
   config.eval.kid_subsets = 100
   config.eval.kid_subset_size = 1000
   config.eval.feature_weights = ""  # '' = <cache_dir>/feature_nets/resnet18-<dataset>/model.msgpack
-  config.eval.feature_train_epochs = 1.0  # when the feature network has to be trained first (~1.5 min)
+  config.eval.feature_train_epochs = 1.0  # when the feature network has to be trained first (~2.5 min)
   config.eval.feature_width = 64
   config.eval.inception_weights = ""  # converted pytorch-fid weights: adds FD[inception_v3_fid] (slow on CPU)
   config.eval.cache_dir = "~/.cache/tlgan"
