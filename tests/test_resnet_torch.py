@@ -144,3 +144,17 @@ def test_merge_keeps_the_new_head_and_names_mismatches(converted18):
     pretrained.merge_pretrained(cifar, converted18, not_loaded=("fc",))
   merged, not_loaded = pretrained.merge_pretrained(cifar, converted18, not_loaded=("fc", "conv1"))
   assert "params/conv1/kernel" in not_loaded
+
+
+def test_download_offline_and_checksum_errors(tmp_path, monkeypatch):
+  import urllib.request
+
+  def offline(url, filename):
+    raise OSError("network is unreachable")
+  monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+  with pytest.raises(UserError, match="could not download .*resnet18-f37072fd.pth.*pass --torch-file=PATH"):
+    pretrained.download("resnet18", cache_dir=str(tmp_path))
+  assert os.listdir(tmp_path) == []  # no partial file left behind
+  (tmp_path / "resnet18-f37072fd.pth").write_bytes(b"not the weights")  # a cached file with another hash
+  with pytest.raises(UserError, match="expected f37072fd"):
+    pretrained.download("resnet18", cache_dir=str(tmp_path))
