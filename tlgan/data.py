@@ -242,7 +242,7 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_
   images = np.concatenate([c["image"] for c in chunks]).astype(np.uint8)
   labels = np.concatenate([c["label"] for c in chunks]).astype(np.int32)
   if images.ndim != 4:
-    raise DataUnavailableError(f"{name}[{shard}] holds no images")
+    raise DataUnavailableError(f"{name}[{shard}] holds images of shape {images.shape[1:]}, not (H, W, C)")
   return images, labels
 
 

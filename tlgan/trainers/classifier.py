@@ -29,6 +29,7 @@ from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, classifier_map_fn
 from tlgan.steps import classifier as clf
 from tlgan.trainers import loop
 
+
 def build_model(config, num_classes: int, axis_name=None):
   m = config.model
   if m.dtype not in COMPUTE_DTYPES:

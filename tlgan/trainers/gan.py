@@ -20,10 +20,11 @@ import optax
 from tlgan import data, parallel, reporting
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
-from tlgan.models.layers import COMPUTE_DTYPES
 from tlgan.models.dcgan import Discriminator, Generator, num_upsamplings
+from tlgan.models.layers import COMPUTE_DTYPES
 from tlgan.steps import gan as gan_step
 from tlgan.trainers import gan_eval, loop
+
 
 def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) -> gan_step.GANState:
   """A freshly initialised GANState for the config (deterministic in config.seed)."""
