@@ -10,8 +10,9 @@ from tlgan.models import layers
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# (input NHWC, kernel HWIO, stride, padding): every shape the DCGANs use (28x28 and 32x32, small widths)
-# plus odd sizes, stride 1, kernel 3 and no padding.
+# (input NHWC, kernel HWIO, stride, padding): every shape the DCGANs (28x28, 32x32) and ResNets (32x32 and odd
+# inputs: 7x7/2 and 3x3 stems, 3x3 convs down to 1x1 maps, 1x1/2 shortcuts) use, at small widths, plus odd
+# sizes, stride 1, kernel 3 and no padding.
 CONV_CASES = [
     ((2, 28, 28, 1), (4, 4, 1, 8), 2, 1),
     ((2, 14, 14, 8), (4, 4, 8, 16), 2, 1),
@@ -21,6 +22,15 @@ CONV_CASES = [
     ((2, 7, 7, 4), (3, 3, 4, 6), 1, 1),
     ((2, 5, 5, 4), (1, 1, 4, 6), 2, 0),
     ((2, 3, 3, 4), (3, 3, 4, 6), 1, 0),
+    ((2, 32, 32, 3), (7, 7, 3, 4), 2, 3),
+    ((2, 33, 33, 3), (7, 7, 3, 4), 2, 3),
+    ((2, 32, 32, 3), (3, 3, 3, 8), 1, 1),
+    ((2, 8, 8, 8), (3, 3, 8, 8), 1, 1),
+    ((2, 8, 8, 8), (3, 3, 8, 16), 2, 1),
+    ((2, 2, 2, 8), (3, 3, 8, 8), 1, 1),
+    ((2, 2, 2, 8), (3, 3, 8, 16), 2, 1),
+    ((2, 1, 1, 8), (3, 3, 8, 8), 1, 1),
+    ((2, 3, 3, 8), (1, 1, 8, 16), 2, 0),
 ]
 CONVT_CASES = [
     ((2, 7, 7, 16), (4, 4, 16, 8), 2, 1),
@@ -79,10 +89,17 @@ def test_conv_transpose_matmul_equals_lax(x_shape, w_shape, stride, pad):
 
 
 def test_auto_keeps_xla_off_cpu(monkeypatch):
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert layers.resolve_impl("auto", transpose=True) == "xla"
-  assert layers.resolve_impl("auto", out_pixels=1) == "xla"
+  x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  # Fresh functions for every trace: jax caches traces by function, and the backend is read while tracing.
+  primitives = lambda f: {e.primitive.name for e in jax.make_jaxpr(lambda x, w: f(x, w))(x, w).eqns}
+  conv = lambda x, w: layers.conv2d(x, w, 1, 1, impl="auto")
+  conv_t = lambda x, w: layers.conv_transpose2d(x, w[:2, :2], 2, 0, impl="auto")
+  for backend in ("gpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert layers.resolve_impl("auto") == "xla"
+    assert "conv_general_dilated" in primitives(conv) and "conv_general_dilated" in primitives(conv_t)
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-  assert layers.resolve_impl("auto", transpose=True) == "matmul"
+  assert layers.resolve_impl("auto") == "matmul"
+  assert "conv_general_dilated" not in primitives(conv) | primitives(conv_t)
   with pytest.raises(ValueError, match="conv impl"):
     layers.resolve_impl("cudnn")

@@ -1,0 +1,186 @@
+"""Training-step speed: tlgan's compiled steps, the machine's matmul peak, and (optionally) PyTorch eager.
+
+    python -m benchmarks.steps                      # tlgan only
+    python -m benchmarks.steps --against-torch      # + the PyTorch reference, alternating A B A B
+
+Steps (float32, batch 128 by default):
+  * DCGAN 28x28: one D update and one G update with Adam (2e-4, betas 0.5/0.999), non-saturating BCE loss;
+    G: z=100 -> 256@7x7 -> 128@14x14 -> 1@28x28, D mirrored (the pytorch/examples DCGAN adapted to 28x28).
+  * ResNet18 32x32x3, torchvision stem, 10 classes: SGD momentum 0.9, weight decay 5e-4, cross-entropy.
+
+For each step the table gives the median wall time, images/s, GFLOP/s (FLOPs from XLA's cost analysis of the
+compiled step, the same count used for PyTorch's row), the fraction of the matmul peak measured in this run
+(the best of XLA's and PyTorch's float32 GEMM), and XLA's compile time. With --against-torch both frameworks
+run in one process on the same threads, alternating rounds (A B A B ...); the ratio torch time / tlgan time is
+computed per round and reported as its median with the min..max over rounds. Absolute CPU times on a shared
+machine are noise; the ratios are the result. CPU numbers say nothing about GPUs.
+"""
+
+# torchvision segfaults when imported after TensorFlow (pulled in by tlgan.data): torch goes first.
+import sys
+
+if "--against-torch" in sys.argv or "--against_torch" in sys.argv:
+  from benchmarks import torch_reference  # noqa: F401  (imports torch and torchvision)
+
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+
+flags.DEFINE_bool("against_torch", False, "Also run the PyTorch eager reference (needs the [torch] extra).")
+flags.DEFINE_integer("batch_size", 128, "Batch size of both steps.")
+flags.DEFINE_integer("rounds", 5, "Alternating rounds (tlgan, then torch) per step.")
+flags.DEFINE_integer("steps_per_round", 4, "Timed steps per framework per round.")
+flags.DEFINE_string("conv_impl", "auto", "tlgan's convolution implementation: auto, xla or matmul.")
+flags.DEFINE_list("only", ["dcgan", "resnet18"], "Which steps to run.")
+FLAGS = flags.FLAGS
+
+
+# ---------------------------------------------------------------------------------------------------- peak
+
+
+def jax_matmul_peak(n: int = 2048, reps: int = 7) -> float:
+  """Best float32 GFLOP/s of one n x n x n GEMM compiled by XLA."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, b).block_until_ready()
+  best = min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(reps))
+  return 2 * n**3 / best / 1e9
+
+
+def torch_matmul_peak(n: int = 2048, reps: int = 7) -> float:
+  torch = torch_reference.torch
+  a, b = torch.randn(n, n), torch.randn(n, n)
+  torch.mm(a, b)
+  best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+  return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------------------------------- tlgan steps
+
+
+class JaxStep:
+  """A compiled tlgan step with its state and one fixed batch; `run()` times one call."""
+
+  def __init__(self, name, step_fn, state, batch):
+    self.name = name
+    rng = jax.random.key(0)
+    lowered = jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng)
+    t = time.perf_counter()
+    self.compiled = lowered.compile()
+    self.compile_s = time.perf_counter() - t
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get("flops", float("nan")))
+    self.state, self.batch, self.rng = state, batch, rng
+    for _ in range(2):  # warm-up: first calls allocate
+      self.run()
+
+  def run(self) -> float:
+    t = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.batch, self.rng)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - t
+
+
+def jax_dcgan(batch_size: int, conv_impl: str) -> JaxStep:
+  from configs import gan as gan_config
+  from tlgan.steps import gan as gan_step
+  from tlgan.trainers.gan import build_state
+  config = gan_config.get_config()
+  config.model.conv_impl = conv_impl
+  config.ema_decay = 0.0  # the reference has no EMA
+  state = build_state(config, (28, 28, 1))
+  images = jax.random.uniform(jax.random.key(1), (batch_size, 28, 28, 1), jnp.float32, -1, 1)
+  return JaxStep("DCGAN 28x28 (D + G update, Adam)", gan_step.train_step, state, {"image": images})
+
+
+def jax_resnet18(batch_size: int, conv_impl: str) -> JaxStep:
+  from configs import transfer
+  from tlgan.steps import classifier as clf
+  from tlgan.trainers.classifier import build_state
+  config = transfer.get_config()
+  config.init.weights = ""
+  config.model.conv_impl = conv_impl
+  config.optim.learning_rate = 0.1
+  config.optim.warmup_epochs = 0.0
+  state, _ = build_state(config, num_classes=10, total_steps=10**6, epoch_steps=1, log=False)
+  batch = {"image": jax.random.normal(jax.random.key(1), (batch_size, 32, 32, 3), jnp.float32),
+           "label": jax.random.randint(jax.random.key(2), (batch_size,), 0, 10)}
+  return JaxStep("ResNet18 32x32 (SGD momentum, wd)", clf.train_step, state, batch)
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+def measure(jax_step: JaxStep, torch_step, rounds: int, per_round: int):
+  """Alternates rounds; returns (all tlgan times, all torch times, per-round ratios torch/tlgan)."""
+  jax_times, torch_times, ratios = [], [], []
+  for _ in range(rounds):
+    jt = [jax_step.run() for _ in range(per_round)]
+    jax_times += jt
+    if torch_step is not None:
+      tt = [torch_step.run() for _ in range(per_round)]
+      torch_times += tt
+      ratios.append(statistics.median(tt) / statistics.median(jt))
+  return jax_times, torch_times, ratios
+
+
+def main(_):
+  if FLAGS.against_torch:
+    threads = torch_reference.torch.get_num_threads()
+  builders = {"dcgan": (jax_dcgan, "TorchDCGAN"), "resnet18": (jax_resnet18, "TorchResNet18")}
+  unknown = set(FLAGS.only) - set(builders)
+  if unknown:
+    raise app.UsageError(f"--only takes {sorted(builders)}, got {sorted(unknown)}")
+  peaks = {"XLA": jax_matmul_peak()}
+  if FLAGS.against_torch:
+    peaks["PyTorch"] = torch_matmul_peak()
+  peak = max(peaks.values())
+
+  rows, ratio_rows = [], []
+  for name in FLAGS.only:
+    make_jax, make_torch = builders[name]
+    js = make_jax(FLAGS.batch_size, FLAGS.conv_impl)
+    ts = getattr(torch_reference, make_torch)(FLAGS.batch_size) if FLAGS.against_torch else None
+    jax_times, torch_times, ratios = measure(js, ts, FLAGS.rounds, FLAGS.steps_per_round)
+    for who, times, compile_s in (("tlgan (JAX, %s convs)" % FLAGS.conv_impl, jax_times, f"{js.compile_s:.1f}"),
+                                  ("PyTorch eager", torch_times, "-")):
+      if not times:
+        continue
+      med = statistics.median(times)
+      gflops = js.flops / med / 1e9
+      rows.append(f"| {js.name} | {who} | {med * 1e3:,.0f} | {FLAGS.batch_size / med:,.0f} | {gflops:,.0f} | "
+                  f"{gflops / peak:.0%} | {compile_s} |")
+    if ratios:
+      ratio_rows.append(f"| {js.name} | {statistics.median(ratios):.2f}x | {min(ratios):.2f}..{max(ratios):.2f} | "
+                        f"{'OK' if statistics.median(ratios) >= 1.25 else 'below the 1.25x goal'} |")
+    del js, ts
+
+  print(f"\nBatch {FLAGS.batch_size}, float32, {jax.device_count()} {jax.default_backend()} device(s), "
+        f"{os.cpu_count()} CPU threads" + (f" (torch: {threads})" if FLAGS.against_torch else "") + "; "
+        + ", ".join(f"{k} matmul peak {v:,.0f} GFLOP/s" for k, v in peaks.items()))
+  print("\n| step | framework | median ms | images/s | GFLOP/s (XLA count) | of matmul peak | compile s |")
+  print("|---|---|---|---|---|---|---|")
+  print("\n".join(rows))
+  if ratio_rows:
+    print(f"\n| step | speed-up torch time / tlgan time (median of {FLAGS.rounds} rounds) | min..max | goal 1.25x |")
+    print("|---|---|---|---|")
+    print("\n".join(ratio_rows))
+
+
+if __name__ == "__main__":
+  sys.argv = [a.replace("--against-torch", "--against_torch") for a in sys.argv]  # the spelling in the docs
+  app.run(main)

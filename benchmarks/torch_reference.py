@@ -1,0 +1,95 @@
+"""The PyTorch references tlgan is measured against (needs the [torch] extra; import before TensorFlow).
+
+* `TorchDCGAN`: pytorch/examples' DCGAN training iteration, adapted to 28x28: G: z=100 -> 256@7x7 ->
+  128@14x14 -> 1@28x28, D mirrored, BCE-with-logits, Adam 2e-4 / (0.5, 0.999), N(0, 0.02) init.
+* `TorchResNet18`: torchvision's resnet18 (10 classes), SGD momentum 0.9, weight decay 5e-4, NCHW float32.
+"""
+
+import time
+
+import torch
+import torchvision
+from torch import nn
+
+
+def _dcgan_init(module):
+  # pytorch/examples' weights_init
+  if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+    nn.init.normal_(module.weight, 0.0, 0.02)
+  elif isinstance(module, nn.BatchNorm2d):
+    nn.init.normal_(module.weight, 1.0, 0.02)
+    nn.init.zeros_(module.bias)
+
+
+class TorchDCGAN:
+  """One D update on (real, fake), then one G update on the same fakes, as in pytorch/examples.
+
+  One deviation, in PyTorch's favour: D's parameters are excluded from autograd during the G update, so
+  PyTorch does not compute D's weight gradients there (pytorch/examples does, and discards them).
+  """
+
+  def __init__(self, batch_size: int, seed: int = 0):
+    torch.manual_seed(seed)
+    self.g = nn.Sequential(
+        nn.ConvTranspose2d(100, 256, 7, 1, 0, bias=False), nn.BatchNorm2d(256), nn.ReLU(True),
+        nn.ConvTranspose2d(256, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(True),
+        nn.ConvTranspose2d(128, 1, 4, 2, 1, bias=False), nn.Tanh())
+    self.d = nn.Sequential(
+        nn.Conv2d(1, 128, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(128, 256, 4, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(256, 1, 7, 1, 0, bias=False))
+    self.g.apply(_dcgan_init)
+    self.d.apply(_dcgan_init)
+    self.opt_g = torch.optim.Adam(self.g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    self.criterion = nn.BCEWithLogitsLoss()
+    self.batch_size = batch_size
+    self.ones, self.zeros = torch.ones(batch_size), torch.zeros(batch_size)
+    self.real = torch.rand(batch_size, 1, 28, 28) * 2 - 1  # the benchmark's fixed batch
+    for _ in range(2):
+      self.run()
+
+  def train_step(self, real: torch.Tensor):
+    """`real`: (N, 1, 28, 28) in [-1, 1]. Returns (D loss, G loss) as floats."""
+    d, g = self.d, self.g
+    d.zero_grad(set_to_none=True)
+    err_real = self.criterion(d(real).view(-1), self.ones)
+    err_real.backward()
+    fake = g(torch.randn(self.batch_size, 100, 1, 1))
+    err_fake = self.criterion(d(fake.detach()).view(-1), self.zeros)
+    err_fake.backward()
+    self.opt_d.step()
+    g.zero_grad(set_to_none=True)
+    d.requires_grad_(False)
+    err_g = self.criterion(d(fake).view(-1), self.ones)
+    err_g.backward()
+    d.requires_grad_(True)
+    self.opt_g.step()
+    return float(err_real.detach() + err_fake.detach()), float(err_g.detach())
+
+  def run(self) -> float:
+    t = time.perf_counter()
+    self.train_step(self.real)  # float() synchronises, like block_until_ready (eager CPU already is)
+    return time.perf_counter() - t
+
+
+class TorchResNet18:
+
+  def __init__(self, batch_size: int, seed: int = 0):
+    torch.manual_seed(seed)
+    self.model = torchvision.models.resnet18(num_classes=10).train()
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    self.criterion = nn.CrossEntropyLoss()
+    self.x = torch.randn(batch_size, 3, 32, 32)
+    self.y = torch.randint(0, 10, (batch_size,))
+    for _ in range(2):
+      self.run()
+
+  def run(self) -> float:
+    t = time.perf_counter()
+    self.opt.zero_grad(set_to_none=True)
+    loss = self.criterion(self.model(self.x), self.y)
+    loss.backward()
+    self.opt.step()
+    float(loss.detach())
+    return time.perf_counter() - t
