@@ -23,6 +23,7 @@ def get_config(arg=None):
   config.data.data_dir = ""  # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   config.data.manual_dir = ""  # '' = the dataset's default local folder (e.g. Debian's)
   config.data.download = True  # let TFDS download when the data is not local
+  config.data.num_shards = 0  # 0: one per process; fixed (e.g. 8): the same data order on any process count
 
   config.model = ml_collections.ConfigDict()
   config.model.latent_dim = 100
@@ -32,8 +33,11 @@ def get_config(arg=None):
   config.model.dtype = "float32"
 
   config.loss = "nonsaturating"  # or 'hinge'
+
+  config.parallel = ml_collections.ConfigDict()
+  config.parallel.mode = "jit"  # or 'pmap' (explicit per-device collectives); both follow one trajectory
   config.batch_size = 64  # GLOBAL batch size, split over processes and devices
-  config.num_steps = 2400
+  config.num_steps = 3000
   config.g_lr = 2e-4
   config.d_lr = 2e-4
   config.b1 = 0.5
@@ -61,6 +65,7 @@ def get_config(arg=None):
   config.checkpoint_every = 400
   config.keep_checkpoints = 3
   config.num_sample_images = 64  # fixed-noise grid, 8x8
+  config.inject_nan_at_step = 0  # test hook: > 0 poisons that step's batch with NaN (the run must stop)
 
   for variant in filter(None, (arg or "").split(",")):
     if variant == "mnist":

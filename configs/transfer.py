@@ -31,6 +31,7 @@ def get_config(arg=None):
   config.data.data_dir = ""
   config.data.manual_dir = ""
   config.data.download = True
+  config.data.num_shards = 0  # 0: one per process; fixed (e.g. 8): the same data order on any process count
 
   config.model = ml_collections.ConfigDict()
   config.model.arch = "resnet18"
@@ -60,7 +61,10 @@ def get_config(arg=None):
   config.augment.crop_padding = 4
   config.augment.flip = True
 
+  config.parallel = ml_collections.ConfigDict()
+  config.parallel.mode = "jit"  # or 'pmap' (explicit per-device collectives); both follow one trajectory
   config.batch_size = 128  # global
+  config.grad_accum_steps = 1  # > 1: that many micro-batches per update (a big batch on small devices)
   config.eval_batch_size = 500
   config.num_epochs = 5.0
   config.num_steps = 0  # > 0: train this many steps, whatever the epochs
@@ -68,6 +72,7 @@ def get_config(arg=None):
   config.log_every = 50
   config.checkpoint_every = 500
   config.keep_checkpoints = 2
+  config.inject_nan_at_step = 0  # test hook: > 0 poisons that step's batch with NaN (the run must stop)
 
   for variant in filter(None, (arg or "").split(",")):
     if variant == "fashion_pretrain":

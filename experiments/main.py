@@ -22,7 +22,17 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. con
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs, PNGs and summary.json go.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks of input errors.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0's coordinator.")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes in all.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index, 0 .. num_processes - 1.")
+flags.DEFINE_integer("heartbeat_timeout", 100, "Multi-process runs: seconds after which a silent process is "
+                     "declared dead and the others stop with an error instead of waiting forever.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Environment variables by which clusters announce a multi-process job that jax.distributed.initialize() can
+# configure itself from (Cloud TPU pods, SLURM, Open MPI, an explicit JAX_COORDINATOR_ADDRESS).
+_CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS",
+                  "OMPI_COMM_WORLD_SIZE")
 
 
 def trainers():
@@ -39,10 +49,32 @@ class _QuietLibraries:
         f"/{lib}/" in record.pathname for lib in ("orbax", "tensorflow_datasets", "jax"))
 
 
+def initialize_distributed() -> None:
+  """Joins a multi-process run: explicitly from the flags, or from the cluster's environment (TPU pods,
+  SLURM, MPI); a lone process on a laptop does neither."""
+  import jax
+  explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+  slurm_multi = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+  tpu_multi = len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+  env_multi = slurm_multi or tpu_multi or any(os.environ.get(k) for k in _CLUSTER_HINTS[1:])
+  if not any(v is not None for v in explicit) and not env_multi:
+    return
+  # CPU processes exchange collectives through gloo (GPUs and TPUs use their own interconnect).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise app.UsageError("--coordinator_address, --num_processes and --process_id go together: give all three")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+  else:
+    jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+
+
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  initialize_distributed()
   import jax
   from tlgan.errors import UserError
 

@@ -85,3 +85,17 @@ def test_sample_uses_ema_weights():
   np.testing.assert_array_equal(with_ema, by_hand)
   assert not np.allclose(with_ema, state.generator.apply(
       {"params": state.g_params, "batch_stats": state.g_batch_stats}, z, train=False))
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
+  g16, d16 = Generator(SHAPE, 8, dtype=jnp.bfloat16), Discriminator(SHAPE, 8, dtype=jnp.bfloat16)
+  state32 = make_state()
+  state16 = state32.replace(generator=g16, discriminator=d16)
+  new16, metrics16 = step_fn(state16, batch(), jax.random.key(0))
+  new32, metrics32 = step_fn(state32, batch(), jax.random.key(0))
+  for tree in (new16.g_params, new16.d_params, new16.g_opt_state, new16.d_opt_state, new16.ema_params):
+    assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(tree))
+  for key in ("d_loss", "g_loss"):  # the same step, computed at bfloat16 precision (8 mantissa bits)
+    assert float(metrics16[key]) == pytest.approx(float(metrics32[key]), rel=0.05)
+  fake16 = g16.apply({"params": state32.g_params, "batch_stats": state32.g_batch_stats}, jnp.ones((2, 16)), train=False)
+  assert fake16.dtype == jnp.float32  # G's tanh output comes back as float32 for losses and metrics

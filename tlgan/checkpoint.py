@@ -10,6 +10,7 @@ a temporary folder and renames it when complete, so a write killed halfway never
 
 import logging
 import os
+import time
 from typing import Any, Dict, Optional
 
 import jax
@@ -23,6 +24,15 @@ from tlgan.errors import CheckpointMismatchError, UserError
 def _shapes(tree) -> Dict[str, tuple]:
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
+
+
+class _SlowFinalizeJson(ocp.JsonCheckpointHandler):
+  """Test hook: holds a finished write in its temporary folder for $TLGAN_TEST_CHECKPOINT_DELAY_S seconds
+  before Orbax commits it, so that tests can kill the process in the middle of a checkpoint write."""
+
+  def finalize(self, directory):
+    time.sleep(float(os.environ.get("TLGAN_TEST_CHECKPOINT_DELAY_S", "0")))
+    super().finalize(directory)
 
 
 class Checkpointer:
@@ -41,7 +51,9 @@ class Checkpointer:
       self._manager = ocp.CheckpointManager(
           self.directory,
           options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True),
-          item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": (_SlowFinalizeJson() if os.environ.get("TLGAN_TEST_CHECKPOINT_DELAY_S")
+                                  else ocp.JsonCheckpointHandler())})
     return self._manager
 
   def steps(self):

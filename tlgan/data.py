@@ -8,11 +8,14 @@ Where data comes from, in order:
   3. TFDS's normal download (online users).
 If none works, `DataUnavailableError` says how to get the data.
 
-Batches. Each process loads its own shard of the split (`tfds.split_for_jax_process`) into memory. The
-example at position `p` of the process's endless stream is `index_shuffle(p mod n, seed=(seed, epoch))`, a
-stateless permutation per epoch, and batch `s` is positions `[s * B, (s + 1) * B)`. So a run resumed at step
-`s` reads exactly the batches an uninterrupted run would, with no state to save and nothing to skip.
-Augmentations draw from stateless RNGs seeded by (seed, step) for the same reason.
+Batches. A split is cut into `num_shards` equal shards (`tfds.split_for_jax_process(split, j, num_shards)`;
+by default one per process) and each process loads only its own shards into memory. Shard `j` is an endless
+stream: its example at position `p` is `index_shuffle(p mod n_j, seed=(seed, epoch, j))`, a stateless
+permutation per epoch, and its part of batch `s` is positions `[s * b, (s + 1) * b)` with `b` = global batch
+/ num_shards. The global batch of step `s` is the shards' parts in shard order, whichever process holds them:
+so a run resumed at step `s` reads exactly the batches an uninterrupted run would (no state to save, nothing
+to skip), and with a fixed `num_shards` the data order does not depend on the number of processes either.
+Augmentations draw from stateless RNGs seeded by (seed, step, shard) for the same reason.
 """
 
 import dataclasses
@@ -20,7 +23,7 @@ import gzip
 import hashlib
 import logging
 import os
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -249,33 +252,37 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_
 # ---------------------------------------------------------------------------------------------------------
 # Batches.
 
-def to_gan_range(batch: Dict[str, tf.Tensor], step: tf.Tensor) -> Dict[str, tf.Tensor]:
+def to_gan_range(batch: Dict[str, tf.Tensor], step: tf.Tensor, stream: int = 0) -> Dict[str, tf.Tensor]:
   """uint8 [0, 255] -> float32 [-1, 1]."""
-  del step
+  del step, stream
   return {"image": tf.cast(batch["image"], tf.float32) / 127.5 - 1.0, "label": batch["label"]}
 
 
-def stream_indices(step: tf.Tensor, batch_size: int, num_examples: int, seed: int) -> tf.Tensor:
-  """Indices of batch `step` in the stream of per-epoch stateless permutations."""
+def stream_indices(step: tf.Tensor, batch_size: int, num_examples: int, seed: int, stream: int = 0) -> tf.Tensor:
+  """Indices of batch `step` in the stream of per-epoch stateless permutations of shard `stream`."""
   positions = tf.range(batch_size, dtype=tf.int64) + tf.cast(step, tf.int64) * batch_size
   epochs = positions // num_examples
-  seeds = tf.stack([tf.fill(tf.shape(epochs), tf.constant(seed, tf.int64)), epochs, tf.zeros_like(epochs)], 1)
+  seeds = tf.stack([tf.fill(tf.shape(epochs), tf.constant(seed, tf.int64)), epochs,
+                    tf.fill(tf.shape(epochs), tf.constant(stream, tf.int64))], 1)
   # The raw op: the public wrapper pads a batched seed wrongly (TF 2.21).
   return tf.raw_ops.RandomIndexShuffle(index=positions % num_examples, seed=seeds,
                                        max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)
 
 
 def train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int, start_step: int = 0,
-                  map_fn: Callable = to_gan_range) -> tf.data.Dataset:
-  """Endless dataset of batches `start_step, start_step + 1, ...`; batch `s` depends only on (seed, s)."""
+                  map_fn: Callable = to_gan_range, stream: int = 0) -> tf.data.Dataset:
+  """Endless dataset of batches `start_step, start_step + 1, ...`; batch `s` depends only on (seed, stream, s).
+
+  `map_fn(batch, step, stream)` preprocesses each batch (augmentation seeded by its arguments).
+  """
   n = len(images)
   if batch_size <= 0:
     raise ConfigError(f"batch size must be positive, got {batch_size}")
   images_t, labels_t = tf.constant(images), tf.constant(labels)
 
   def make_batch(step):
-    idx = stream_indices(step, batch_size, n, seed)
-    return map_fn({"image": tf.gather(images_t, idx), "label": tf.gather(labels_t, idx)}, step)
+    idx = stream_indices(step, batch_size, n, seed, stream)
+    return map_fn({"image": tf.gather(images_t, idx), "label": tf.gather(labels_t, idx)}, step, stream)
 
   ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
   options = tf.data.Options()
@@ -289,12 +296,68 @@ def train_batches(images, labels, **kwargs) -> Iterator[Batch]:
   return train_dataset(images, labels, **kwargs).as_numpy_iterator()
 
 
-def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
-                 map_fn: Callable = to_gan_range) -> Iterator[Batch]:
-  """One pass in order; the last batch is padded and `mask` marks the real examples."""
+@dataclasses.dataclass
+class Shard:
+  index: int  # j of num_shards
+  split: str  # the TFDS split it is, e.g. 'train[30000:60000]'
+  images: np.ndarray
+  labels: np.ndarray
+
+
+def process_shards(num_shards: int, process_index: int, process_count: int) -> range:
+  """The shards process `process_index` owns: a contiguous, equal share."""
+  num_shards = num_shards or process_count
+  if num_shards % process_count:
+    raise ConfigError(f"data.num_shards={num_shards} does not split over {process_count} processes: set it to "
+                      f"a multiple of {process_count} (or 0: one shard per process)")
+  k = num_shards // process_count
+  return range(process_index * k, (process_index + 1) * k)
+
+
+def load_shards(name: str, split: str, *, num_shards: int = 0, process_index: int = 0, process_count: int = 1,
+                **load) -> List[Shard]:
+  """This process's shards of a split (`num_shards` 0: one per process), each in memory."""
+  total = num_shards or process_count
+  shards = []
+  for j in process_shards(num_shards, process_index, process_count):
+    images, labels = load_split(name, split, process_index=j, process_count=total, **load)
+    spec = split if total == 1 else str(tfds.split_for_jax_process(split, process_index=j, process_count=total))
+    shards.append(Shard(j, spec, images, labels))
+  return shards
+
+
+def sharded_train_batches(shards: List[Shard], *, batch_size: int, seed: int, start_step: int = 0,
+                          map_fn: Callable = to_gan_range) -> Iterator[Batch]:
+  """This process's part of each global batch (`batch_size` examples): its shards' parts, in shard order."""
+  if batch_size % len(shards):
+    raise ConfigError(f"the per-process batch {batch_size} does not split over this process's {len(shards)} "
+                      f"data shards: make batch_size a multiple of data.num_shards")
+  per_shard = batch_size // len(shards)
+  datasets = [train_dataset(s.images, s.labels, batch_size=per_shard, seed=seed, start_step=start_step,
+                            map_fn=map_fn, stream=s.index) for s in shards]
+  if len(datasets) == 1:
+    return datasets[0].as_numpy_iterator()
+  zipped = tf.data.Dataset.zip(tuple(datasets)).map(
+      lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
+  return zipped.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def fingerprint(images: np.ndarray) -> str:
+  """A short hash of a set of images (order-free): which examples a process read."""
+  rows = np.sort(np.frombuffer(b"".join(hashlib.sha1(x.tobytes()).digest()[:8] for x in images), np.uint64))
+  return hashlib.sha1(rows.tobytes()).hexdigest()[:16]
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, map_fn: Callable = to_gan_range,
+                 num_batches: Optional[int] = None) -> Iterator[Batch]:
+  """One pass in order, padded to `num_batches` batches (default: as few as hold the images); `mask` marks
+  the real examples. Processes with shards of unequal size pass the same `num_batches`, so they run the same
+  number of (collective) evaluation steps and padding is never counted."""
   n = len(images)
-  num_batches = -(-n // batch_size)
+  num_batches = -(-n // batch_size) if num_batches is None else num_batches
   pad = num_batches * batch_size - n
+  if pad < 0:
+    raise ValueError(f"{num_batches} batches of {batch_size} cannot hold {n} images")
   mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
   images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
   labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])

@@ -15,7 +15,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[float] = IMAGENET_MEAN,
                       std: Sequence[float] = IMAGENET_STD, train: bool = False, crop_padding: int = 0,
                       flip: bool = False, seed: int = 0, source_size: int = 0) -> Callable:
-  """Returns fn({'image': uint8 NHWC, 'label'}, step) -> {'image': float32 normalised, 'label'}.
+  """Returns fn({'image': uint8 NHWC, 'label'}, step, stream=0) -> {'image': float32 normalised, 'label'}.
 
   Resizing is bilinear with half-pixel centres (as tf.image.resize and torch's align_corners=False). The
   random crop is "pad by `crop_padding` and crop" at the *output* resolution, i.e. a random shift of up to
@@ -29,7 +29,7 @@ def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[floa
   mean_t = tf.constant(mean[:channels], tf.float32)
   std_t = tf.constant(std[:channels], tf.float32)
 
-  def fn(batch: Dict[str, tf.Tensor], step) -> Dict[str, tf.Tensor]:
+  def fn(batch: Dict[str, tf.Tensor], step, stream: int = 0) -> Dict[str, tf.Tensor]:
     images = tf.cast(batch["image"], tf.float32) / 255.0
     if images.shape[-1] == 1 and channels == 3:
       images = tf.repeat(images, 3, axis=-1)  # grayscale -> 3 channels for ImageNet-shaped stems
@@ -41,6 +41,8 @@ def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[floa
     flips = None
     if train and (crop_padding > 0 or flip):
       seeds = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64)])
+      if stream:  # data shard j > 0 (shard 0 keeps the single-shard numbers)
+        seeds = tf.random.experimental.stateless_fold_in(seeds, stream)
       crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seeds, 2))
       if crop_padding > 0:
         shifts = tf.cast(tf.random.stateless_uniform((n, 2), crop_seed, -crop_padding, crop_padding + 1,

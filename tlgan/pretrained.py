@@ -245,11 +245,29 @@ def load(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
   return variables, payload
 
 
-def convert(arch: str, output: str, torch_file: Optional[str] = None) -> Dict[str, str]:
-  """The CLI's work: (download or read) -> convert -> save. Returns the metadata written."""
+def check_sha256(path: str, expected_prefix: str) -> None:
+  digest = sha256_of(path)
+  if not digest.startswith(expected_prefix.lower()):
+    raise UserError(f"{path} has sha256 {digest[:12]}..., expected {expected_prefix}...: the file is not the one "
+                    "you meant (a truncated or other download?); get it again")
+
+
+def convert(arch: str, output: str, torch_file: Optional[str] = None,
+            sha256: Optional[str] = None) -> Dict[str, str]:
+  """The CLI's work: (download or read) -> check -> convert -> save. Returns the metadata written.
+
+  A local file is checked against `sha256` (a prefix) when given, and against torchvision's published hash
+  when it carries torchvision's file name.
+  """
   if arch not in ARCHS:
     raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
+  if torch_file and not os.path.isfile(torch_file):
+    raise UserError(f"weights file {torch_file} does not exist: check --torch-file")
   source = torch_file or download(arch)
+  if sha256:
+    check_sha256(source, sha256)
+  elif torch_file and os.path.basename(torch_file) == os.path.basename(ARCHS[arch]["url"]):
+    check_sha256(source, ARCHS[arch]["sha256_prefix"])
   variables = from_torchvision(load_torch_file(source), arch)
   meta = {"arch": arch, "source": os.path.basename(source), "sha256": sha256_of(source)}
   save(output, variables, meta)
@@ -262,9 +280,10 @@ def main(argv=None) -> int:
   parser.add_argument("--arch", default="resnet18", choices=sorted(ARCHS))
   parser.add_argument("--output", required=True, help="where to write the Flax msgpack file")
   parser.add_argument("--torch-file", default=None, help="a local torchvision .pth (otherwise: download)")
+  parser.add_argument("--sha256", default=None, help="expected sha256 (or a prefix) of the .pth file")
   args = parser.parse_args(argv)
   try:
-    meta = convert(args.arch, args.output, args.torch_file)
+    meta = convert(args.arch, args.output, args.torch_file, args.sha256)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -98,33 +98,55 @@ def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0
 
 
 def train_step(state: ClassifierState, batch: Dict[str, jax.Array], rng: jax.Array,
-               axis_name: Optional[str] = None) -> Tuple[ClassifierState, Dict[str, jax.Array]]:
+               axis_name: Optional[str] = None, accum_steps: int = 1
+               ) -> Tuple[ClassifierState, Dict[str, jax.Array]]:
   """One optimiser step on `batch['image']` (normalised NHWC floats) and `batch['label']` (ints).
 
-  `rng` is unused by the ResNet (no dropout; augmentation happens in the input pipeline) but kept in the
-  signature shared by all tlgan steps.
+  Args:
+    state: the current `ClassifierState`.
+    batch: a dict with 'image' and 'label'.
+    rng: unused by the ResNet (no dropout; augmentation happens in the input pipeline) but kept in the
+      signature shared by all tlgan steps.
+    axis_name: under `pmap`, the device axis: gradients and metrics are averaged over it.
+    accum_steps: gradient accumulation: the batch is processed as this many micro-batches (rows `m`,
+      `m + k`, `m + 2k`, ... form micro-batch `m`, so each device keeps its own rows) whose mean gradient
+      makes one update. Equal to the whole batch except where BatchNorm in training mode sees micro-batch
+      statistics (running statistics are updated once per micro-batch, as in PyTorch).
   """
   del rng
 
-  def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats}
-    if state.bn_train:
-      logits, new_vars = state.model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
-      new_stats = new_vars["batch_stats"]
-    else:
-      logits, new_stats = state.model.apply(variables, batch["image"], train=False), state.batch_stats
-    loss = jnp.mean(cross_entropy(logits, batch["label"], state.num_classes, state.label_smoothing))
-    return loss, (logits, new_stats)
+  def grads_of(batch_stats, micro):
+    def loss_fn(params):
+      variables = {"params": params, "batch_stats": batch_stats}
+      if state.bn_train:
+        logits, new_vars = state.model.apply(variables, micro["image"], train=True, mutable=["batch_stats"])
+        new_stats = new_vars["batch_stats"]
+      else:
+        logits, new_stats = state.model.apply(variables, micro["image"], train=False), batch_stats
+      loss = jnp.mean(cross_entropy(logits, micro["label"], state.num_classes, state.label_smoothing))
+      return loss, (jnp.mean(jnp.argmax(logits, -1) == micro["label"]), new_stats)
+    (loss, (accuracy, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return grads, new_stats, loss, accuracy
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if accum_steps == 1:
+    grads, batch_stats, loss, accuracy = grads_of(state.batch_stats, batch)
+  else:
+    micro_batches = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(-1, accum_steps, *x.shape[1:]), 0, 1), batch)
+
+    def body(carry, micro):
+      grad_sum, stats = carry
+      grads, stats, loss, accuracy = grads_of(stats, micro)
+      return (jax.tree.map(jnp.add, grad_sum, grads), stats), (loss, accuracy)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, batch_stats), (losses, accuracies) = jax.lax.scan(body, (zeros, state.batch_stats), micro_batches)
+    grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
+    loss, accuracy = jnp.mean(losses), jnp.mean(accuracies)
+
   grads = _mean_over(axis_name, grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = _mean_over(axis_name, {
-      "loss": loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-      "grad_norm": optax.global_norm(grads),
-  })
+  metrics = _mean_over(axis_name, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)})
   return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
 
 

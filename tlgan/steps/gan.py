@@ -84,10 +84,13 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array,
   """
   d_loss_fn, g_loss_fn = get_losses(state.loss)
   key = jax.random.fold_in(rng, state.step)
-  if axis_name is not None:
-    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
   real = batch["image"]
-  z = jax.random.normal(key, (real.shape[0], state.latent_dim), jnp.float32)
+  if axis_name is None:
+    z = jax.random.normal(key, (real.shape[0], state.latent_dim), jnp.float32)
+  else:  # this device's rows of the global batch's latents: the trajectory of one device, whatever the count
+    n, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
+    z_all = jax.random.normal(key, (n * real.shape[0], state.latent_dim), jnp.float32)
+    z = jax.lax.dynamic_slice_in_dim(z_all, i * real.shape[0], real.shape[0])
   generator, discriminator = state.generator, state.discriminator
 
   def generate(g_params):

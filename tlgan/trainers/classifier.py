@@ -10,6 +10,7 @@ random initialisation. Weights are merged into a freshly initialised model; the 
 summary, and any other mismatch stops the run naming the variable.
 """
 
+import functools
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from tlgan import data, parallel, pretrained, reporting
 from tlgan.checkpoint import Checkpointer
@@ -48,15 +50,18 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return max(1, math.ceil(num_examples / global_batch))
 
 
-def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, log=True):
+def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, log=True, axis_name=None):
   """(state, names of variables not loaded): fresh, or initialised from `config.init.weights`."""
-  model = build_model(config, num_classes)
+  model = build_model(config, num_classes, axis_name=axis_name)
   image_shape = (config.model.image_size, config.model.image_size, config.model.channels)
   fresh = model.init(jax.random.fold_in(jax.random.key(config.seed), 0x1A17), jnp.zeros((1, *image_shape)),
                      train=False)
   variables, not_loaded = fresh, ()
   if config.init.weights:
     weights, meta = pretrained.load(config.init.weights)
+    if meta.get("arch", config.model.arch) != config.model.arch:
+      raise ConfigError(f"{config.init.weights} holds {meta['arch']} weights, the model is {config.model.arch}: "
+                        f"set --config.model.arch={meta['arch']} or choose other weights")
     variables, not_loaded = pretrained.merge_pretrained(fresh, weights, tuple(config.init.not_loaded))
     if log:
       logging.info("Initialised from %s (%s); not loaded: %s", config.init.weights, meta, ", ".join(not_loaded))
@@ -77,9 +82,14 @@ def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, lo
 
 
 def evaluate(eval_fn, state, images, labels, batch_size, map_fn, mesh, num_classes) -> Dict[str, Any]:
-  """Accuracy, mean loss and confusion matrix over a whole split (padded batches, masked)."""
+  """Accuracy, mean loss and confusion matrix over a whole split: each process passes its shard, all in the
+  same number of padded batches (the largest shard's), and the masked sums count every example once."""
+  largest = len(images)
+  if jax.process_count() > 1:
+    largest = int(np.max(multihost_utils.process_allgather(np.int64(len(images)))))
   totals = None
-  for batch in data.eval_batches(images, labels, batch_size=batch_size, map_fn=map_fn):
+  for batch in data.eval_batches(images, labels, batch_size=batch_size, map_fn=map_fn,
+                                 num_batches=max(1, -(-largest // batch_size))):
     sums = eval_fn(state, parallel.global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -129,18 +139,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if num_classes != ds_spec.num_classes:
     raise ConfigError(f"model.num_classes={num_classes} but {config.data.name} has {ds_spec.num_classes} "
                       "classes: set --config.model.num_classes=0 (from the dataset)")
-  sizes = parallel.batch_sizes(config.batch_size)
+  sizes = parallel.batch_sizes(config.batch_size, config.grad_accum_steps)
   loop.check_workdir(workdir)
-  mesh = parallel.make_mesh()
+  par = parallel.Parallel(config.parallel.mode)
+  mesh = par.mesh
+  logging.info("Parallel mode %s: %s", par.mode, parallel.describe())
 
   load = dict(data_dir=config.data.data_dir or None, manual_dir=config.data.manual_dir or None,
               download=config.data.download, process_index=jax.process_index(),
               process_count=jax.process_count())
-  train_x, train_y = data.load_split(config.data.name, config.data.train_split, **load)
-  train_x, train_y = data.subset_per_class(train_x, train_y, config.data.per_class,
-                                           config.data.subset_seed if config.data.subset_seed >= 0 else config.seed)
+  shards = data.load_shards(config.data.name, config.data.train_split, num_shards=config.data.num_shards, **load)
+  subset_seed = config.data.subset_seed if config.data.subset_seed >= 0 else config.seed
+  total_shards = config.data.num_shards or jax.process_count()
+  if config.data.per_class % total_shards:
+    raise ConfigError(f"data.per_class={config.data.per_class} does not split over {total_shards} data shards: "
+                      f"use a multiple of {total_shards}")
+  for shard in shards:  # per_class counts the whole training set: each shard draws its share
+    shard.images, shard.labels = data.subset_per_class(shard.images, shard.labels,
+                                                       config.data.per_class // total_shards,
+                                                       subset_seed + shard.index)
+  loop.log_shards(config.data.name, shards)
   test_x, test_y = data.load_split(config.data.name, config.data.test_split, **load)
-  n_train = len(train_x) * jax.process_count()
+  n_train = int(sum(len(s.images) for s in shards))
+  if jax.process_count() > 1:
+    n_train = int(np.sum(multihost_utils.process_allgather(np.int64(n_train))))
   epoch_steps = steps_per_epoch(n_train, sizes.global_)
   if config.num_steps > 0:  # a fixed budget of steps (comparisons across dataset sizes) instead of epochs
     total_steps = config.num_steps
@@ -150,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                config.data.name, n_train, config.data.per_class or "all", len(test_x), total_steps,
                total_steps / epoch_steps, epoch_steps)
 
-  state, not_loaded = build_state(config, num_classes, total_steps, epoch_steps)
+  state, not_loaded = build_state(config, num_classes, total_steps, epoch_steps, axis_name=par.axis_name)
   checkpointer = Checkpointer(
       os.path.join(workdir, "checkpoints"),
       meta={"experiment": "classifier", "dataset": config.data.name, "arch": config.model.arch},
@@ -166,9 +188,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, source_size=config.data.source_size)
   train_map = classifier_map_fn(train=True, crop_padding=a.crop_padding, flip=a.flip, seed=config.seed, **common)
   eval_map = classifier_map_fn(train=False, **common)
-  batches = data.train_batches(train_x, train_y, batch_size=sizes.per_process, seed=config.seed,
-                               start_step=start, map_fn=train_map)
-  state = parallel.replicate(state, mesh)
+  batches = data.sharded_train_batches(shards, batch_size=sizes.per_process, seed=config.seed, start_step=start,
+                                       map_fn=train_map)
+  batches = loop.poison_batches(batches, config.inject_nan_at_step, start)
+  state = par.put_state(state)
   eval_fn = jax.jit(clf.eval_step)
   eval_batch = max(sizes.per_process, config.eval_batch_size // jax.process_count())
   eval_batch -= eval_batch % jax.local_device_count()
@@ -185,8 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   eval_every = max(1, int(round(config.eval_every_epochs * epoch_steps)))
   result = loop.run(
-      state=state, step_fn=clf.train_step, num_steps=total_steps,
-      batches=(parallel.global_batch(b, mesh) for b in batches), rng=jax.random.key(config.seed), mesh=mesh,
+      state=state, step_fn=functools.partial(clf.train_step, accum_steps=config.grad_accum_steps),
+      num_steps=total_steps, batches=map(par.put_batch, batches), rng=jax.random.key(config.seed), par=par,
       config=config, workdir=workdir, checkpointer=checkpointer, start_step=start, global_batch=sizes.global_,
       hooks=((eval_every, run_eval),))
 
@@ -226,7 +249,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "train_images_per_s": round(result.images_per_second, 1),
       "final_metrics": {k: v for k, v in result.last_metrics.items()},
       "batch_size": {"global": sizes.global_, "per_process": sizes.per_process, "per_device": sizes.per_device},
+      "grad_accum_steps": config.grad_accum_steps,
       "devices": jax.device_count(),
+      "processes": jax.process_count(),
+      "parallel_mode": par.mode,
       "backend": jax.default_backend(),
   }
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)

@@ -62,9 +62,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if config.num_steps <= 0:
     raise ConfigError(f"num_steps must be positive, got {config.num_steps}")
   loop.check_workdir(workdir)
-  mesh = parallel.make_mesh()
-
-  state = build_state(config, ds_spec.image_shape)
+  par = parallel.Parallel(config.parallel.mode)
+  logging.info("Parallel mode %s: %s", par.mode, parallel.describe())
+  state = build_state(config, ds_spec.image_shape, axis_name=par.axis_name)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               meta={"experiment": "gan", "dataset": config.data.name,
                                     "image_shape": list(ds_spec.image_shape)},
@@ -75,13 +75,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     logging.info("Checkpoint %d already reaches num_steps=%d: nothing to train", start, config.num_steps)
     return loop.read_summary(workdir)
 
-  images, labels = data.load_split(
-      config.data.name, config.data.split, data_dir=config.data.data_dir or None,
+  shards = data.load_shards(
+      config.data.name, config.data.split, num_shards=config.data.num_shards, data_dir=config.data.data_dir or None,
       manual_dir=config.data.manual_dir or None, download=config.data.download,
       process_index=jax.process_index(), process_count=jax.process_count())
-  logging.info("%s[%s]: %d examples in this process, image shape %s", config.data.name, config.data.split,
-               len(images), images.shape[1:])
-  batches = data.train_batches(images, labels, batch_size=sizes.per_process, seed=config.seed, start_step=start)
+  loop.log_shards(config.data.name, shards)
+  images = np.concatenate([s.images for s in shards])
+  batches = data.sharded_train_batches(shards, batch_size=sizes.per_process, seed=config.seed, start_step=start)
+  batches = loop.poison_batches(batches, config.inject_nan_at_step, start)
   evaluator = None
   if config.eval.enabled:
     test_images, _ = data.load_split(
@@ -90,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     evaluator = gan_eval.GANEvaluator(config, test_images)
 
   reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())  # for experiments.sample
-  state = parallel.replicate(state, mesh)
+  state = par.put_state(state)
   rng = jax.random.key(config.seed)
   z_fixed = fixed_noise(config, config.num_sample_images)
   sample_fn = jax.jit(gan_step.sample)
@@ -101,14 +102,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     reporting.save_image_grid(os.path.join(workdir, "samples.png"), images)
 
   def to_device(batch):
-    return parallel.global_batch({"image": batch["image"]}, mesh)
+    return par.put_batch({"image": batch["image"]})
 
   hooks = [(config.sample_every, write_samples)]
   if evaluator is not None:
     hooks.append((config.eval.every, lambda step, state: evaluator(
         state, config.eval.num_samples, max(1, config.eval.kid_subsets // 5))))
   result = loop.run(
-      state=state, step_fn=gan_step.train_step, batches=map(to_device, batches), rng=rng, mesh=mesh,
+      state=state, step_fn=gan_step.train_step, batches=map(to_device, batches), rng=rng, par=par,
       config=config, workdir=workdir, checkpointer=checkpointer, start_step=start,
       global_batch=sizes.global_, hooks=hooks)
 
@@ -141,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "batch_size": {"global": sizes.global_, "per_process": sizes.per_process, "per_device": sizes.per_device},
       "devices": jax.device_count(),
       "processes": jax.process_count(),
+      "parallel_mode": par.mode,
       "backend": jax.default_backend(),
       "samples": "samples.png",
       "loss_curve": "losses.png",

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from tlgan import parallel, reporting
+from tlgan import data, parallel, reporting
 from tlgan.errors import NonFiniteError, UserError
 
 
@@ -53,6 +53,21 @@ def read_summary(workdir: str) -> Dict[str, Any]:
   return {}
 
 
+def log_shards(dataset: str, shards) -> None:
+  """Which examples this process reads (every process logs its own line)."""
+  for shard in shards:
+    logging.info("process %d reads %s[%s] (data shard %d): %d examples, fingerprint %s", jax.process_index(),
+                 dataset, shard.split, shard.index, len(shard.images), data.fingerprint(shard.images))
+
+
+def poison_batches(batches: Iterator, at_step: int, start_step: int) -> Iterator:
+  """Test hook (`config.inject_nan_at_step`): the host batch that feeds step `at_step` gets NaN images."""
+  for step, batch in enumerate(batches, start=start_step + 1):
+    if step == at_step:
+      batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+    yield batch
+
+
 class StopRequest:
   """Turns SIGTERM / the first SIGINT into a flag the loop checks after each step."""
 
@@ -83,8 +98,8 @@ def _check_finite(pending) -> None:
   fetched = jax.device_get([m for _, m in pending])
   for (step, _), metrics in zip(pending, fetched):
     for key, value in metrics.items():
-      if not np.all(np.isfinite(value)):
-        raise NonFiniteError(f"training diverged: {key} = {float(value)} at step {step}; no checkpoint of it "
+      if not np.all(np.isfinite(value)):  # (under pmap, one equal value per device)
+        raise NonFiniteError(f"training diverged: {key} = {float(np.ravel(value)[0])} at step {step}; no checkpoint of it "
                              "was written (the latest checkpoint is the last good one): lower the learning "
                              "rate or change the loss, then rerun")
 
@@ -94,18 +109,21 @@ def _average(pending) -> Dict[str, float]:
   return {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
 
 
-def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workdir: str, checkpointer,
+def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Parallel, config, workdir: str,
+        checkpointer,
         start_step: int, global_batch: int, num_steps: Optional[int] = None,
         hooks: Sequence[Tuple[int, Callable]] = ()) -> LoopResult:
   """Runs `step_fn` from `start_step` to `num_steps` (default `config.num_steps`).
 
-  `hooks` are `(every, fn)` pairs: `fn(step, state)` runs after every `every`-th step and after the last
-  one; a dict it returns is logged as scalars at that step (evaluation results, say).
+  `state` and `batches` are placed by `par` (`par.put_state`, `par.put_batch`). `hooks` are `(every, fn)`
+  pairs: `fn(step, state)` runs after every `every`-th step and after the last one, with the state as
+  replicated global arrays (`par.host_state`); a dict it returns is logged as scalars at that step
+  (evaluation results, say). The returned state is in that form too.
   """
   num_steps = num_steps or config.num_steps
   batch = next(batches)
   t0 = time.perf_counter()
-  compiled = parallel.compile_step(step_fn, mesh).lower(state, batch, rng).compile()
+  compiled = par.compile(step_fn, state, batch, rng)
   compile_seconds = time.perf_counter() - t0
   logging.info("Compiled the train step in %.1f s", compile_seconds)
 
@@ -133,7 +151,7 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
         hook_start = time.perf_counter()
         step_scalars = {}
         for hook in due:  # evaluation, samples: also after the last step
-          step_scalars.update(hook(step, state) or {})
+          step_scalars.update(hook(step, par.host_state(state)) or {})
         hook_seconds += time.perf_counter() - hook_start  # kept out of the training rate
         hook_scalars.update(step_scalars)
         stopping = stop.signal_name is not None and step < num_steps
@@ -152,7 +170,7 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
         elif step_scalars:
           writer.write(step, step_scalars)
         if save:
-          checkpointer.save(step, state)
+          checkpointer.save(step, par.host_state(state))
         if stopping:
           status = "preempted"
           logging.warning("%s received: checkpoint saved at step %d; run the same command to resume",
@@ -166,7 +184,7 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, mesh, config, workd
     checkpointer.close()
   timed = windows[1:] or windows  # the first window includes warm-up: keep it out when there are others
   timed_steps, timed_seconds = sum(w[0] for w in timed), max(sum(w[1] for w in timed), 1e-9)
-  return LoopResult(status=status, step=step, state=state, history=writer.history,
+  return LoopResult(status=status, step=step, state=par.host_state(state), history=writer.history,
                     last_metrics={**last_metrics, **hook_scalars},
                     train_seconds=timed_seconds, compile_seconds=compile_seconds,
                     images_per_second=timed_steps * global_batch / timed_seconds)

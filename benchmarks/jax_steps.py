@@ -1,0 +1,57 @@
+"""tlgan's training steps as benchmark subjects: compiled ahead of time, with their XLA cost analysis."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+class JaxStep:
+  """A compiled tlgan step with its state and one fixed batch; `run()` times one call."""
+
+  def __init__(self, name, step_fn, state, batch):
+    self.name = name
+    rng = jax.random.key(0)
+    lowered = jax.jit(step_fn, donate_argnums=0).lower(state, batch, rng)
+    t = time.perf_counter()
+    self.compiled = lowered.compile()
+    self.compile_s = time.perf_counter() - t
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.flops = float(cost.get("flops", float("nan")))
+    self.state, self.batch, self.rng = state, batch, rng
+    for _ in range(2):  # warm-up: first calls allocate
+      self.run()
+
+  def run(self) -> float:
+    t = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.batch, self.rng)
+    jax.block_until_ready(metrics)
+    return time.perf_counter() - t
+
+
+def jax_dcgan(batch_size: int, conv_impl: str) -> JaxStep:
+  from configs import gan as gan_config
+  from tlgan.steps import gan as gan_step
+  from tlgan.trainers.gan import build_state
+  config = gan_config.get_config()
+  config.model.conv_impl = conv_impl
+  config.ema_decay = 0.0  # the reference has no EMA
+  state = build_state(config, (28, 28, 1))
+  images = jax.random.uniform(jax.random.key(1), (batch_size, 28, 28, 1), jnp.float32, -1, 1)
+  return JaxStep("DCGAN 28x28 (D + G update, Adam)", gan_step.train_step, state, {"image": images})
+
+
+def jax_resnet18(batch_size: int, conv_impl: str) -> JaxStep:
+  from configs import transfer
+  from tlgan.steps import classifier as clf
+  from tlgan.trainers.classifier import build_state
+  config = transfer.get_config()
+  config.init.weights = ""
+  config.model.conv_impl = conv_impl
+  config.optim.learning_rate = 0.1
+  config.optim.warmup_epochs = 0.0
+  state, _ = build_state(config, num_classes=10, total_steps=10**6, epoch_steps=1, log=False)
+  batch = {"image": jax.random.normal(jax.random.key(1), (batch_size, 32, 32, 3), jnp.float32),
+           "label": jax.random.randint(jax.random.key(2), (batch_size,), 0, 10)}
+  return JaxStep("ResNet18 32x32 (SGD momentum, wd)", clf.train_step, state, batch)

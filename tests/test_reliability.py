@@ -1,0 +1,241 @@
+"""Runs that survive SIGTERM, kill -9 (also mid-checkpoint-write) and damaged checkpoints bit-exactly, stop on
+NaN without saving it, and answer bad input with one line, a non-zero exit and an untouched workdir.
+
+Kill tests run the real CLI in subprocesses on the real (offline) Fashion-MNIST with the smoke-sized GAN.
+"""
+
+import glob
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, run_cli, tree_hash
+
+STEPS, EVERY = 300, 50
+GAN = ["--config=configs/gan.py:smoke", f"--config.num_steps={STEPS}", f"--config.checkpoint_every={EVERY}",
+       "--config.log_every=25", "--config.sample_every=100000", "--config.eval.enabled=false"]
+
+
+def gan_config():
+  from configs import gan
+  config = gan.get_config("smoke")
+  config.num_steps, config.checkpoint_every = STEPS, EVERY
+  return config
+
+
+def final_state(workdir):
+  from tlgan.checkpoint import Checkpointer
+  from tlgan.trainers import gan as gan_trainer
+  state = gan_trainer.build_state(gan_config(), (28, 28, 1))
+  return Checkpointer(os.path.join(workdir, "checkpoints"), {}).restore_latest(state)
+
+
+def assert_same_state(workdir_a, workdir_b):
+  (a, step_a), (b, step_b) = final_state(workdir_a), final_state(workdir_b)
+  assert step_a == step_b == STEPS
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)  # bit for bit
+
+
+def start(workdir, env=None):
+  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "a")
+  return subprocess.Popen([sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *GAN], cwd=REPO,
+                          env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def checkpoint_steps(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+
+
+def wait_for(predicate, proc, timeout=300):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert proc.poll() is None, f"the run ended (status {proc.returncode}) before the awaited moment"
+    assert time.time() < deadline
+    time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """The uninterrupted run every interrupted one must end equal to."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  result = run_cli(f"--workdir={workdir}", *GAN)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_sigterm_then_resume_is_exact(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = start(workdir)
+  wait_for(lambda: checkpoint_steps(workdir), proc)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 3  # preempted: saved, resumable
+  log = open(workdir + ".log").read()
+  assert "SIGTERM received: checkpoint saved at step" in log
+  stopped_at = checkpoint_steps(workdir)[-1]
+  assert 0 < stopped_at < STEPS
+  assert start(workdir).wait(timeout=300) == 0
+  assert_same_state(workdir, reference)
+
+
+def test_kill9_at_random_moments_then_resume_is_exact(reference, tmp_path):
+  workdir, rng = str(tmp_path / "run"), random.Random(0)
+  for kill in range(2):
+    before = checkpoint_steps(workdir)
+    proc = start(workdir)
+    wait_for(lambda: len(checkpoint_steps(workdir)) > len(before), proc)
+    time.sleep(rng.uniform(0.0, 0.4))
+    proc.kill()
+    proc.wait()
+  assert checkpoint_steps(workdir)[-1] < STEPS  # the kills did land mid-run
+  assert start(workdir).wait(timeout=300) == 0
+  assert_same_state(workdir, reference)
+
+
+def test_kill9_while_a_checkpoint_is_written_then_resume_is_exact(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  folder = os.path.join(workdir, "checkpoints")
+  proc = start(workdir, env={"TLGAN_TEST_CHECKPOINT_DELAY_S": "120"})  # every write stalls before its commit
+  in_progress = lambda: os.path.isdir(folder) and any("tmp" in d for d in os.listdir(folder))
+  wait_for(in_progress, proc)
+  time.sleep(0.5)
+  proc.kill()
+  proc.wait()
+  assert in_progress() and checkpoint_steps(workdir) == []  # half-written, never committed
+  assert start(workdir).wait(timeout=300) == 0
+  assert_same_state(workdir, reference)
+
+
+def damage(workdir, step, how):
+  files = sorted(glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "*"), recursive=True))
+  files = [f for f in files if os.path.isfile(f)]
+  victim = max(files, key=os.path.getsize)  # the array data
+  if how == "truncate":
+    with open(victim, "r+b") as f:
+      f.truncate(os.path.getsize(victim) // 2)
+  else:
+    os.remove(victim)
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_damaged_latest_checkpoint_is_reported_and_skipped(reference, tmp_path, how):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  damage(workdir, STEPS, how)
+  result = run_cli(f"--workdir={workdir}", *GAN)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"checkpoint {STEPS} in" in result.stderr and "trying the one before it" in result.stderr
+  assert f"Restored checkpoint {STEPS - EVERY}" in result.stderr
+  assert_same_state(workdir, reference)  # retrained from the predecessor to the same parameters
+
+
+def test_nan_injection_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  result = run_cli(f"--workdir={workdir}", *GAN, "--config.inject_nan_at_step=120")
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: training diverged: d_loss = nan at step 120; no checkpoint of it was written"), last
+  assert "Traceback" not in result.stderr
+  assert checkpoint_steps(workdir) == [50, 100]
+
+
+# ------------------------------------------------------------------------------------------ bad input table
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, reference):
+  """Inputs for the table: workdirs, weights files and images, good and bad."""
+  d = tmp_path_factory.mktemp("inputs")
+  import pickle
+  import torch
+  import torchvision
+  from tlgan import pretrained
+  torch.save(torchvision.models.resnet18().state_dict(), d / "resnet18.pth")
+  (d / "text.pth").write_text("not a state dict")
+
+  class Payload:
+    def __reduce__(self):
+      return (os.system, (f"touch {d}/pwned",))
+  with open(d / "evil.pth", "wb") as f:
+    pickle.dump({"fc.weight": Payload()}, f)
+  (d / "text.msgpack").write_text("not weights")
+  variables = pretrained.from_torchvision(torchvision.models.resnet34().state_dict(), "resnet34")
+  pretrained.save(str(d / "resnet34.msgpack"), variables, {"arch": "resnet34", "source": "test", "sha256": ""})
+  shutil.copytree(reference, d / "gan_run")
+  shutil.copytree(reference, d / "all_damaged")
+  for step in checkpoint_steps(str(d / "all_damaged")):
+    damage(str(d / "all_damaged"), step, "truncate")
+  return d
+
+
+CLF = ["--config=configs/transfer.py:smoke", "--config.num_steps=2"]
+BAD_INPUT = [
+    # (id, command, args, message prefix)
+    ("unknown config field", "main", GAN + ["--config.foo=1"], "error: --config.foo: the config has no field 'foo'"),
+    ("unknown dataset", "main", GAN + ["--config.data.name=imagenet42"], "error: unknown dataset 'imagenet42'"),
+    ("non-positive batch", "main", GAN + ["--config.batch_size=-8"], "error: batch_size must be positive, got -8"),
+    ("non-divisible batch", "main", CLF + ["--config.batch_size=8", "--config.grad_accum_steps=3"],
+     "error: the per-device batch 8"),
+    ("image_size too small", "main", CLF + ["--config.model.image_size=4"],
+     "error: model.image_size 4 is too small for a ResNet"),
+    ("num_classes vs dataset", "main", CLF + ["--config.model.num_classes=7"],
+     "error: model.num_classes=7 but fashion_mnist has 10 classes"),
+    ("unwritable workdir", "main", GAN + ["--workdir=/proc/tlgan-run"], "error: workdir /proc/tlgan-run is not writable"),
+    ("checkpoint of another experiment", "main", CLF + ["--workdir={d}/gan_run"],
+     "error: workdir checkpoint 300 in {d}/gan_run/checkpoints has experiment='gan', this run has 'classifier'"),
+    ("checkpoint with other shapes", "main", GAN + ["--workdir={d}/gan_run", "--config.model.g_features=16"],
+     "error: workdir checkpoint 300 in {d}/gan_run/checkpoints does not fit this config"),
+    ("corrupt checkpoints, no good one", "main", GAN + ["--workdir={d}/all_damaged"],
+     "error: no loadable checkpoint in {d}/all_damaged/checkpoints (steps [200, 250, 300] are all damaged)"),
+    ("init weights missing", "main", CLF + ["--config.init.weights={d}/none.msgpack"],
+     "error: pretrained weights {d}/none.msgpack do not exist"),
+    ("init weights not a weights file", "main", CLF + ["--config.init.weights={d}/text.msgpack"],
+     "error: {d}/text.msgpack is not a tlgan weights file"),
+    ("init weights of another arch", "main", CLF + ["--config.init.weights={d}/resnet34.msgpack"],
+     "error: {d}/resnet34.msgpack holds resnet34 weights, the model is resnet18"),
+    ("data missing offline", "main",
+     GAN + ["--config.data.data_dir={d}/tfds", "--config.data.manual_dir={d}/none", "--config.data.download=false"],
+     "error: dataset fashion_mnist is not available offline"),
+    ("torch file missing", "convert", ["--torch-file={d}/none.pth"], "error: weights file {d}/none.pth does not exist"),
+    ("torch file not a state dict", "convert", ["--torch-file={d}/text.pth"],
+     "error: {d}/text.pth was refused by torch.load(weights_only=True)"),
+    ("torch file of another arch", "convert", ["--torch-file={d}/resnet18.pth", "--arch=resnet50"],
+     "error: state dict key 'layer1.0.conv1.weight' has shape (64, 64, 3, 3)"),
+    ("torch file with a wrong sha256", "convert", ["--torch-file={d}/resnet18.pth", "--sha256=f37072fd"],
+     "error: {d}/resnet18.pth has sha256"),
+    ("torch file with pickled code", "convert", ["--torch-file={d}/evil.pth"],
+     "error: {d}/evil.pth was refused by torch.load(weights_only=True)"),
+    ("sample export --num 0", "sample", ["--workdir={d}/gan_run", "--num=0", "--output={d}/out.npz"],
+     "error: --num must be positive, got 0"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+def test_bad_input_one_line_error_and_nothing_changed(files, tmp_path, case):
+  _, command, args, message = case
+  args = [a.format(d=files) for a in args]
+  if command == "main" and not any(a.startswith("--workdir=") for a in args):
+    args.append(f"--workdir={tmp_path}/work")
+  module = {"main": "experiments.main", "convert": "tlgan.pretrained", "sample": "experiments.sample"}[command]
+  if command == "convert":
+    args.append(f"--output={tmp_path}/work/weights.msgpack")
+  before = tree_hash(str(files))
+  result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and lines[0] == result.stderr.strip().splitlines()[-1]
+  assert lines[0].startswith(message.format(d=files)), lines[0]
+  assert "Traceback" not in result.stderr
+  assert tree_hash(str(files)) == before  # no workdir, weights file or checkpoint touched
+  assert not os.path.exists(tmp_path / "work")  # nothing created either
+  assert not os.path.exists(files / "pwned")
