@@ -4,8 +4,10 @@ A checkpoint holds two items: `state` (the state's arrays, `ocp.args.StandardSav
 experiment, dataset and image shape). Before anything is restored, both are compared with the current run;
 a checkpoint of another experiment or with other shapes raises `CheckpointMismatchError` naming the
 difference, and nothing in the workdir is changed. A checkpoint that fails to load (truncated or missing
-files) is reported with its step and skipped in favour of the one before it; Orbax writes each checkpoint to
-a temporary folder and renames it when complete, so a write killed halfway never looks finished.
+files) is reported with its step and skipped in favour of the one before it; when training reaches that step
+again, the damaged folder is moved to `<directory>_damaged/` first. Orbax writes each checkpoint to a
+temporary folder and renames it when complete, so a write killed halfway never looks finished (and the
+leftover folder is removed by the next save of that step).
 """
 
 import logging
@@ -15,6 +17,7 @@ from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from flax import serialization
 
@@ -24,6 +27,12 @@ from tlgan.errors import CheckpointMismatchError, UserError
 def _shapes(tree) -> Dict[str, tuple]:
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+  """Orbax/TensorStore errors span dozens of lines; the log keeps one."""
+  text = str(e).strip().splitlines()
+  return (text[0] if text else "")[:limit]
 
 
 class _SlowFinalizeJson(ocp.JsonCheckpointHandler):
@@ -43,6 +52,7 @@ class Checkpointer:
     self.meta = meta
     self._max_to_keep = max_to_keep
     self._manager: Optional[ocp.CheckpointManager] = None
+    self._damaged = set()  # steps skipped by restore_latest; moved aside before that step is saved again
 
   @property
   def manager(self) -> ocp.CheckpointManager:
@@ -89,20 +99,37 @@ class Checkpointer:
         raise
       except Exception as e:  # unreadable metadata: a damaged checkpoint
         logging.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
-                        step, self.directory, type(e).__name__, e)
+                        step, self.directory, type(e).__name__, _first_line(e))
+        self._damaged.add(step)
         continue
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
       except Exception as e:
         logging.warning("checkpoint %d in %s failed to load (%s: %s); trying the one before it",
-                        step, self.directory, type(e).__name__, e)
+                        step, self.directory, type(e).__name__, _first_line(e))
+        self._damaged.add(step)
         continue
       logging.info("Restored checkpoint %d from %s", step, self.directory)
       return serialization.from_state_dict(state, restored["state"]), step
     raise UserError(f"no loadable checkpoint in {self.directory} (steps {steps} are all damaged): "
                     "move that folder away to start over")
 
+  def _move_aside(self, step: int) -> None:
+    """A damaged checkpoint is kept for inspection in <directory>_damaged/, out of the way of a new save."""
+    if jax.process_index() == 0:
+      target = os.path.join(self.directory + "_damaged", str(step))
+      while os.path.exists(target):
+        target += "+"
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), target)
+      logging.warning("moved the damaged checkpoint %d to %s", step, target)
+    multihost_utils.sync_global_devices(f"tlgan_move_aside_{step}")
+    self._damaged.discard(step)
+    self.manager.reload()
+
   def save(self, step: int, state) -> None:
+    if step in self._damaged:
+      self._move_aside(step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(serialization.to_state_dict(state)),
         meta=ocp.args.JsonSave(self.meta)), force=True)

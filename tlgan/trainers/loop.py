@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -40,9 +41,14 @@ def check_workdir(workdir: str) -> None:
   path = os.path.abspath(workdir)
   while not os.path.exists(path):
     path = os.path.dirname(path)
-  if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
-    raise UserError(f"workdir {workdir} is not writable ({path} is not a writable folder): "
-                    "choose another --workdir")
+  problem = None if os.path.isdir(path) else "is not a folder"
+  if problem is None:
+    try:  # try it for real: access() says yes to root everywhere, even on read-only mounts and /proc
+      os.rmdir(tempfile.mkdtemp(prefix=".tlgan-write-test-", dir=path))
+    except OSError as e:
+      problem = f"cannot be written: {e.strerror}"
+  if problem:
+    raise UserError(f"workdir {workdir} is not writable ({path} {problem}): choose another --workdir")
 
 
 def read_summary(workdir: str) -> Dict[str, Any]:
@@ -97,7 +103,8 @@ def _check_finite(pending) -> None:
   """Raises NonFiniteError naming the first step and metric of [(step, metrics)] that is NaN or Inf."""
   fetched = jax.device_get([m for _, m in pending])
   for (step, _), metrics in zip(pending, fetched):
-    for key, value in metrics.items():
+    for key in sorted(metrics, key=lambda k: ("loss" not in k, k)):  # name a loss first when several are bad
+      value = metrics[key]
       if not np.all(np.isfinite(value)):  # (under pmap, one equal value per device)
         raise NonFiniteError(f"training diverged: {key} = {float(np.ravel(value)[0])} at step {step}; no checkpoint of it "
                              "was written (the latest checkpoint is the last good one): lower the learning "
