@@ -70,8 +70,16 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
 
 
+def _quiet_unraisable(unraisable) -> None:
+  # Orbax leaves coroutines of a failed restore (a damaged checkpoint it then skips) to the garbage collector,
+  # which would print their tracebacks after the run's own last line. Logged, not printed, unless --verbose.
+  logging.debug("ignored in %r: %s", unraisable.object, unraisable.exc_value)
+
+
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if not FLAGS.verbose:
+    sys.unraisablehook = _quiet_unraisable
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   initialize_distributed()
