@@ -36,9 +36,9 @@ _CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_
 
 
 def trainers():
-  from tlgan.trainers import classifier, gan, transfer_study
+  from tlgan.trainers import classifier, gan, style, transfer_study
   return {"gan": gan.train_and_evaluate, "classifier": classifier.train_and_evaluate,
-          "transfer_study": transfer_study.train_and_evaluate}
+          "transfer_study": transfer_study.train_and_evaluate, "style": style.train_and_evaluate}
 
 
 class _QuietLibraries:

@@ -214,6 +214,10 @@ BAD_INPUT = [
      "error: {d}/resnet18.pth has sha256"),
     ("torch file with pickled code", "convert", ["--torch-file={d}/evil.pth"],
      "error: {d}/evil.pth was refused by torch.load(weights_only=True)"),
+    ("style image missing", "main", ["--config=configs/style.py:smoke", "--config.style={d}/none.jpg"],
+     "error: image {d}/none.jpg does not exist"),
+    ("style image not an image", "main", ["--config=configs/style.py:smoke", "--config.content={d}/text.pth"],
+     "error: {d}/text.pth is not an image that Pillow can read"),
     ("sample export --num 0", "sample", ["--workdir={d}/gan_run", "--num=0", "--output={d}/out.npz"],
      "error: --num must be positive, got 0"),
 ]

@@ -151,15 +151,19 @@ class ResNet(nn.Module):
     if self.stem == "imagenet":
       x = conv(self.width, (7, 7), (2, 2), (3, 3), name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
+      self.sow("intermediates", "stem", x)
       x = max_pool_torch(x)
     else:
       x = conv(self.width, (3, 3), (1, 1), (1, 1), name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
+      self.sow("intermediates", "stem", x)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         stride = 2 if i > 0 and j == 0 else 1
         x = self.block(self.width * 2**i, stride, conv=conv, norm=norm,
                        zero_init_residual=self.zero_init_residual, name=f"layer{i + 1}_{j}")(x)
+      # Stage outputs, collected with apply(..., mutable=['intermediates']) (style transfer); free otherwise.
+      self.sow("intermediates", f"layer{i + 1}", x)
     feats = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if features_only:
       return feats

@@ -1,0 +1,48 @@
+"""Neural style transfer with ResNet18 features and SWAG smoothing (offline: scikit-image's photographs).
+
+    python -m experiments.main --config=configs/style.py --workdir=runs/style
+    python -m experiments.main --config=configs/style.py --workdir=runs/style \
+        --config.content=my_photo.jpg --config.style=a_painting.png
+
+Features: ImageNet ResNet18 from `weights` when that file exists (convert it first with
+`python -m tlgan.pretrained --arch=resnet18 --output=weights/resnet18.msgpack`), else random weights with
+BatchNorm calibrated on the two images (the offline fallback; `features='imagenet'` insists on the weights).
+Variants: configs/style.py:adam (Adam instead of L-BFGS), configs/style.py:smoke (tests).
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.experiment = "style"
+  config.seed = 0
+  config.content = "skimage:chelsea"  # a path, or skimage:NAME (photographs shipped with scikit-image)
+  config.style = "skimage:immunohistochemistry"
+  config.image_size = 256  # longer side, pixels
+  config.features = "auto"  # 'auto': imagenet when `weights` exists, else 'random'
+  config.weights = "weights/resnet18.msgpack"
+  config.smoothing = "swag"  # or 'none' (plain Gram matrices)
+  config.compare_smoothing = True  # also run the other smoothing, shown side by side
+  config.content_layers = ("layer2",)
+  config.style_layers = ("stem", "layer1", "layer2")
+  config.content_weight = 1.0
+  config.style_weight = 1000.0
+  config.tv_weight = 10.0
+  config.init = "content"  # or 'noise'
+  config.optimizer = "lbfgs"  # or 'adam'
+  config.learning_rate = 0.02  # Adam only
+  config.num_steps = 100
+  config.log_every = 10
+
+  for variant in filter(None, (arg or "").split(",")):
+    if variant == "adam":
+      config.optimizer = "adam"
+      config.num_steps = 400
+    elif variant == "smoke":
+      config.image_size = 64
+      config.num_steps = 6
+      config.log_every = 2
+    else:
+      raise ValueError(f"unknown variant {variant!r} of configs/style.py: use adam or smoke")
+  return config

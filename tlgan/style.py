@@ -1,0 +1,183 @@
+"""Neural style transfer (Gatys et al., 2016) on ResNet18 features, with SWAG (Wang et al., CVPR 2021).
+
+The image `x` is optimised so that Gram matrices of its features at several ResNet stages match the style
+image's, its features at a deeper stage match the content image's, and its total variation stays small:
+
+    L(x) = w_c * sum_l |F_l(x) - F_l(c)|^2 / |F_l(c)|^2  +  w_s * sum_l |G_l(x) - G_l(s)|^2 / |G_l(s)|^2
+           + w_tv * TV(x)
+
+Each layer's term is relative to the target's own magnitude, so the weights mean the same thing whatever the
+layer's scale (ResNet activations grow with depth; softmax-smoothed ones are tiny).
+
+SWAG: residual networks give peaky, low-entropy activations, which match poorly through Gram matrices; SWAG
+replaces every activation map by its softmax over all positions and channels of the layer (scaled to mean 1)
+before the Gram matrix and the content comparison (`smoothing='swag'`, the default for ResNet features).
+
+Features: converted ImageNet weights (`python -m tlgan.pretrained`) when present. Offline without them, a
+randomly initialised ResNet18 whose BatchNorm statistics are calibrated on the content and style images: the
+SWAG paper shows that with smoothing, the architecture matters more than the learned weights.
+"""
+
+import os
+from typing import Callable, Dict, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tlgan.errors import UserError
+from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+SMOOTHINGS = ("swag", "none")
+
+
+# ---------------------------------------------------------------------------------------------------- images
+
+
+def load_image(spec: str, max_size: int) -> np.ndarray:
+  """'skimage:NAME' (a photograph shipped with scikit-image) or a file path -> float32 RGB in [0, 1], (H, W, 3),
+  resized (area) so that its longer side is `max_size`."""
+  from PIL import Image, UnidentifiedImageError
+  if spec.startswith("skimage:"):
+    from skimage import data as skdata
+    name = spec.split(":", 1)[1]
+    if not hasattr(skdata, name):
+      raise UserError(f"scikit-image has no image {name!r}: use e.g. skimage:chelsea, skimage:astronaut or a path")
+    pil = Image.fromarray(np.asarray(getattr(skdata, name)()))
+  else:
+    if not os.path.isfile(spec):
+      raise UserError(f"image {spec} does not exist: pass an image file (PNG, JPEG, ...) or skimage:NAME")
+    try:
+      pil = Image.open(spec)
+      pil.load()
+    except (UnidentifiedImageError, OSError) as e:
+      raise UserError(f"{spec} is not an image that Pillow can read ({type(e).__name__}): pass a PNG or JPEG") from None
+  pil = pil.convert("RGB")
+  scale = max_size / max(pil.size)
+  size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
+  pil = pil.resize(size, Image.BOX if scale < 1 else Image.BICUBIC)
+  return np.asarray(pil, np.float32) / 255.0
+
+
+def normalize(x: jax.Array) -> jax.Array:
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+# ---------------------------------------------------------------------------------------------------- losses
+
+
+def gram(f: jax.Array) -> jax.Array:
+  """(N, H, W, C) -> (N, C, C): channel correlations averaged over positions."""
+  n, h, w, c = f.shape
+  flat = f.reshape(n, h * w, c).astype(jnp.float32)
+  return jnp.einsum("npc,npd->ncd", flat, flat) / (h * w)
+
+
+def swag(f: jax.Array) -> jax.Array:
+  """Softmax over every position and channel of each image's activation map (Wang et al., 2021), times the
+  number of activations: mean 1 whatever the image size, so that a style image of another size than the
+  content image gives Gram matrices on the same scale (a plain softmax's values shrink with the map size)."""
+  n = f.shape[0]
+  size = f.size // n
+  return (size * jax.nn.softmax(f.reshape(n, -1).astype(jnp.float32), axis=-1)).reshape(f.shape)
+
+
+def total_variation(x: jax.Array) -> jax.Array:
+  """Mean squared difference of neighbouring pixels (both directions)."""
+  return jnp.mean(jnp.square(x[:, 1:, :, :] - x[:, :-1, :, :])) + jnp.mean(jnp.square(x[:, :, 1:, :] - x[:, :, :-1, :]))
+
+
+def relative_sq_error(a: jax.Array, target: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.square(a - target)) / jnp.maximum(jnp.sum(jnp.square(target)), 1e-30)
+
+
+# -------------------------------------------------------------------------------------------------- features
+
+
+def resnet_features(model, variables) -> Callable[[jax.Array], Dict[str, jax.Array]]:
+  """x in [0, 1] (N, H, W, 3) -> {stage: activation} of a tlgan ResNet in inference mode."""
+  def fn(x):
+    _, state = model.apply(variables, normalize(x), train=False, mutable=["intermediates"])
+    return {k: v[0] for k, v in state["intermediates"].items()}
+  return fn
+
+
+def calibrate_batch_stats(model, variables, images: Sequence[np.ndarray]):
+  """BatchNorm running statistics := the statistics of `images` (averaged over them), for random weights."""
+  per_image = []
+  for image in images:
+    _, new = model.apply(variables, normalize(jnp.asarray(image)[None]), train=True, mutable=["batch_stats"])
+    # the module blends momentum * old + (1 - momentum) * batch; recover the batch's own statistics
+    m = 0.9
+    per_image.append(jax.tree.map(lambda new_v, old_v: (new_v - m * old_v) / (1 - m),
+                                  new["batch_stats"], variables["batch_stats"]))
+  stats = jax.tree.map(lambda *v: sum(v) / len(v), *per_image)
+  return {**variables, "batch_stats": stats}
+
+
+# ---------------------------------------------------------------------------------------------- optimisation
+
+
+def make_loss(features: Callable, content: np.ndarray, style: np.ndarray, *, content_layers: Sequence[str],
+              style_layers: Sequence[str], content_weight: float, style_weight: float, tv_weight: float,
+              smoothing: str) -> Callable[[jax.Array], Tuple[jax.Array, Dict[str, jax.Array]]]:
+  """Returns loss(x) -> (total, {'content', 'style', 'tv'}) for x (1, H, W, 3) in [0, 1]."""
+  if smoothing not in SMOOTHINGS:
+    raise UserError(f"smoothing must be one of {SMOOTHINGS}, got {smoothing!r}")
+  for name in (*content_layers, *style_layers):
+    if name not in STAGES:
+      raise UserError(f"unknown layer {name!r}: choose from {', '.join(STAGES)}")
+  style_feats = features(jnp.asarray(style)[None])
+  # SWAG's softmax at temperature = the style image's activation spread at that layer: deep random-weight
+  # ResNet activations have a large spread, and exp() of them would leave one winner per map.
+  temperature = {k: float(jnp.std(v)) + 1e-6 for k, v in style_feats.items()}
+  if smoothing == "swag":
+    smooth = lambda k, f: swag(f / temperature[k])
+  else:
+    smooth = lambda k, f: f.astype(jnp.float32)
+  content_targets = {k: smooth(k, v) for k, v in features(jnp.asarray(content)[None]).items()
+                     if k in content_layers}
+  style_targets = {k: gram(smooth(k, v)) for k, v in style_feats.items() if k in style_layers}
+
+  def loss(x):
+    feats = {k: smooth(k, v) for k, v in features(x).items()}
+    c = sum(relative_sq_error(feats[k], t) for k, t in content_targets.items()) / len(content_targets)
+    s = sum(relative_sq_error(gram(feats[k]), t) for k, t in style_targets.items()) / len(style_targets)
+    tv = total_variation(x)
+    total = content_weight * c + style_weight * s + tv_weight * tv
+    return total, {"content": c, "style": s, "tv": tv}
+
+  return loss
+
+
+def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+  if name == "lbfgs":
+    return optax.lbfgs()
+  if name == "adam":
+    return optax.adam(learning_rate)
+  raise UserError(f"optimizer must be lbfgs or adam, got {name!r}")
+
+
+def make_step(loss: Callable, tx: optax.GradientTransformation) -> Callable:
+  """A jitted (x, opt_state) -> (x, opt_state, total, parts) step; L-BFGS runs its line search on `loss`."""
+  total_only = lambda x: loss(x)[0]
+  value_and_grad = optax.value_and_grad_from_state(total_only)
+
+  @jax.jit
+  def step(x, opt_state):
+    value, grad = value_and_grad(x, state=opt_state)
+    updates, opt_state = tx.update(grad, opt_state, x, value=value, grad=grad, value_fn=total_only)
+    x = optax.apply_updates(x, updates)
+    return x, opt_state, value, loss(x)[1]
+
+  return step
+
+
+def initial_image(init: str, content: np.ndarray, seed: int) -> jax.Array:
+  if init == "content":
+    return jnp.asarray(content)[None]
+  if init == "noise":
+    return jax.random.uniform(jax.random.key(seed), (1, *content.shape), jnp.float32)
+  raise UserError(f"init must be content or noise, got {init!r}")
