@@ -81,17 +81,19 @@ def classifier_results():
   batches = [{"image": rng.normal(size=(GLOBAL_BATCH, 32, 32, 3)).astype(np.float32),
               "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)} for _ in range(STEPS)]
   out = {}
-  for mode in ("full", "linear_probe"):
-    config = classifier_config(mode)
-    build = lambda axis_name: clf_trainer.build_state(config, 10, 100, 10, log=False, axis_name=axis_name)[0]
-    single = run("single", build, clf.train_step, batches)
-    for par_mode in ("jit", "pmap"):
-      final, _ = run(par_mode, build, clf.train_step, batches)
-      out[f"classifier_{mode}_{par_mode}"] = compare(final, single[0], single[1], ("params", "batch_stats"))
-    if mode == "linear_probe":  # BatchNorm frozen: accumulation must equal the whole batch
-      accumulated = lambda s, b, r, axis_name=None: clf.train_step(s, b, r, axis_name, accum_steps=2)
-      final, _ = run("pmap", build, accumulated, batches)
-      out["classifier_linear_probe_pmap_accum2"] = compare(final, single[0], single[1], ("params",))
+  config = classifier_config("full")
+  build = lambda axis_name: clf_trainer.build_state(config, 10, 100, 10, log=False, axis_name=axis_name)[0]
+  single = run("single", build, clf.train_step, batches)
+  for par_mode in ("jit", "pmap"):
+    final, _ = run(par_mode, build, clf.train_step, batches)
+    out[f"classifier_full_{par_mode}"] = compare(final, single[0], single[1], ("params", "batch_stats"))
+  # Gradient accumulation under pmap vs the whole batch on one device, with the BatchNorm frozen (a linear
+  # probe), where accumulation must equal the whole batch.
+  config = classifier_config("linear_probe")
+  single = run("single", build, clf.train_step, batches)
+  accumulated = lambda s, b, r, axis_name=None: clf.train_step(s, b, r, axis_name, accum_steps=2)
+  final, _ = run("pmap", build, accumulated, batches)
+  out["classifier_linear_probe_pmap_accum2"] = compare(final, single[0], single[1], ("params",))
   return out
 
 

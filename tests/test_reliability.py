@@ -177,7 +177,7 @@ def files(tmp_path_factory, reference):
   return d
 
 
-CLF = ["--config=configs/transfer.py:smoke", "--config.num_steps=2"]
+CLF = ["--config=configs/transfer.py:smoke", "--config.num_steps=2", "--config.data.name=digits"]  # small, offline
 BAD_INPUT = [
     # (id, command, args, message prefix)
     ("unknown config field", "main", GAN + ["--config.foo=1"], "error: --config.foo: the config has no field 'foo'"),
@@ -188,7 +188,7 @@ BAD_INPUT = [
     ("image_size too small", "main", CLF + ["--config.model.image_size=4"],
      "error: model.image_size 4 is too small for a ResNet"),
     ("num_classes vs dataset", "main", CLF + ["--config.model.num_classes=7"],
-     "error: model.num_classes=7 but fashion_mnist has 10 classes"),
+     "error: model.num_classes=7 but digits has 10 classes"),
     ("unwritable workdir", "main", GAN + ["--workdir=/proc/tlgan-run"], "error: workdir /proc/tlgan-run is not writable"),
     ("checkpoint of another experiment", "main", CLF + ["--workdir={d}/gan_run"],
      "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints has experiment='gan', this run has 'classifier'"),

@@ -50,6 +50,15 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return max(1, math.ceil(num_examples / global_batch))
 
 
+def check_init_weights(config):
+  """(weights, meta) of `config.init.weights`, refusing a missing or foreign file and another architecture."""
+  weights, meta = pretrained.load(config.init.weights)
+  if meta.get("arch", config.model.arch) != config.model.arch:
+    raise ConfigError(f"{config.init.weights} holds {meta['arch']} weights, the model is {config.model.arch}: "
+                      f"set --config.model.arch={meta['arch']} or choose other weights")
+  return weights, meta
+
+
 def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, log=True, axis_name=None):
   """(state, names of variables not loaded): fresh, or initialised from `config.init.weights`."""
   model = build_model(config, num_classes, axis_name=axis_name)
@@ -58,10 +67,7 @@ def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, lo
                      train=False)
   variables, not_loaded = fresh, ()
   if config.init.weights:
-    weights, meta = pretrained.load(config.init.weights)
-    if meta.get("arch", config.model.arch) != config.model.arch:
-      raise ConfigError(f"{config.init.weights} holds {meta['arch']} weights, the model is {config.model.arch}: "
-                        f"set --config.model.arch={meta['arch']} or choose other weights")
+    weights, meta = check_init_weights(config)
     variables, not_loaded = pretrained.merge_pretrained(fresh, weights, tuple(config.init.not_loaded))
     if log:
       logging.info("Initialised from %s (%s); not loaded: %s", config.init.weights, meta, ", ".join(not_loaded))
@@ -141,6 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                       "classes: set --config.model.num_classes=0 (from the dataset)")
   sizes = parallel.batch_sizes(config.batch_size, config.grad_accum_steps)
   loop.check_workdir(workdir)
+  build_model(config, num_classes)  # fail on the model and its weights file before loading any data
+  if config.init.weights:
+    check_init_weights(config)
   par = parallel.Parallel(config.parallel.mode)
   mesh = par.mesh
   logging.info("Parallel mode %s: %s", par.mode, parallel.describe())
