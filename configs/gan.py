@@ -5,7 +5,10 @@
 Variants, comma-separated after a colon (later ones win where they overlap):
     configs/gan.py:mnist      MNIST (TFDS download, or --config.data.manual_dir with its IDX files)
     configs/gan.py:cifar10    CIFAR-10, 32x32x3 (TFDS download)
+    configs/gan.py:digits     scikit-learn's digits at 28x28 (offline, 1,258 images: a small target domain)
     configs/gan.py:smoke      a tiny model for a few steps (tests, CI)
+FreezeD from the default run: configs/gan.py:digits --config.transfer.init_workdir=runs/gan
+    --config.transfer.freeze_d_layers=1
 Any field can be overridden: --config.num_steps=500 --config.batch_size=128 --config.loss=hinge
 """
 
@@ -60,6 +63,12 @@ def get_config(arg=None):
   config.eval.inception_weights = ""  # converted pytorch-fid weights: adds FD[inception_v3_fid] (slow on CPU)
   config.eval.cache_dir = "~/.cache/tlgan"
 
+  # GAN transfer: start from another run's G and D (e.g. Fashion-MNIST -> digits28) and optionally freeze D's
+  # lowest blocks (FreezeD, Mo et al. 2020).
+  config.transfer = ml_collections.ConfigDict()
+  config.transfer.init_workdir = ""  # a GAN workdir whose latest checkpoint initialises G and D
+  config.transfer.freeze_d_layers = 0  # D blocks (from the image side) whose parameters stay fixed
+
   config.log_every = 50
   config.sample_every = 400
   config.checkpoint_every = 400
@@ -75,6 +84,16 @@ def get_config(arg=None):
       config.data.name = "cifar10"
       config.num_steps = 5000
       config.batch_size = 128
+    elif variant == "digits":  # a limited-data target: scikit-learn's 1,258 training digits at 28x28
+      config.data.name = "digits28"
+      config.num_steps = 1000
+      config.sample_every = 200
+      config.checkpoint_every = 200
+      config.eval.every = 500
+      config.eval.num_samples = 1000
+      config.eval.final_num_samples = 2000
+      config.eval.kid_subset_size = 200  # the reference is the 539 test digits
+      config.eval.feature_train_epochs = 30.0  # resnet18-digits28: 300 steps on the training digits
     elif variant == "smoke":
       config.model.latent_dim = 16
       config.model.g_features = 8
@@ -94,5 +113,5 @@ def get_config(arg=None):
       config.eval.feature_train_epochs = 1.0
       config.eval.feature_width = 8
     else:
-      raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist or cifar10")
+      raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist, cifar10 or digits")
   return config

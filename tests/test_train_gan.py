@@ -142,3 +142,35 @@ def test_sample_export_round_trips(finished_run, tmp_path):
                            f"--output={tmp_path}/none.npz"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == "error: --num must be positive, got 0"
   assert not os.path.exists(tmp_path / "none.npz")
+
+
+def test_freeze_d_keeps_the_lowest_blocks_fixed():
+  config = smoke(**{"transfer.freeze_d_layers": 1})
+  state = gan_trainer.build_state(config, (28, 28, 1))
+  labels = gan_trainer.frozen_d_labels(state.d_params, 1)
+  assert labels["Conv_0"] == {"kernel": "frozen", "bias": "frozen"} and labels["Conv_1"]["kernel"] == "train"
+  from tlgan.steps.gan import train_step
+  batch = {"image": jax.random.uniform(jax.random.key(0), (8, 28, 28, 1), minval=-1, maxval=1)}
+  new, _ = jax.jit(train_step)(state, batch, jax.random.key(1))
+  for name, sub in state.d_params.items():
+    for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(new.d_params[name])):
+      assert np.array_equal(a, b) == (name == "Conv_0"), name  # frozen stays, everything else moves
+  with pytest.raises(Exception, match="freeze_d_layers=3, but D has 2 convolution blocks"):
+    gan_trainer.build_state(smoke(**{"transfer.freeze_d_layers": 3}), (28, 28, 1))
+
+
+def test_init_from_another_run_takes_g_and_d_but_fresh_optimisers(finished_run):
+  config, workdir, _ = finished_run
+  target = smoke(**{"data.name": "digits28", "transfer.init_workdir": workdir, "transfer.freeze_d_layers": 1})
+  fresh = gan_trainer.build_state(target, (28, 28, 1))
+  state = gan_trainer.init_from_source(target, fresh, (28, 28, 1))
+  source, step = final_state(config, workdir)
+  assert step == 4 and int(state.step) == 0
+  for name in ("g_params", "d_params", "g_batch_stats", "d_batch_stats", "ema_params"):
+    for a, b in zip(jax.tree.leaves(getattr(state, name)), jax.tree.leaves(getattr(source, name))):
+      np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(state.d_opt_state), jax.tree.leaves(fresh.d_opt_state)):
+    np.testing.assert_array_equal(a, b)  # Adam's moments start from zero for the new domain
+  from tlgan import data
+  images, labels = data.load_split("digits28", "train")
+  assert images.shape == (1258, 28, 28, 1) and images.dtype == np.uint8 and len(labels) == 1258

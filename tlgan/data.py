@@ -55,6 +55,7 @@ DATASETS = {
     "mnist": DatasetSpec((28, 28, 1), 10),
     "cifar10": DatasetSpec((32, 32, 3), 10),
     "digits": DatasetSpec((8, 8, 1), 10),  # scikit-learn's 1,797 real handwritten digits; not a TFDS dataset
+    "digits28": DatasetSpec((28, 28, 1), 10),  # the same digits resized to 28x28 (a small GAN target domain)
 }
 
 
@@ -215,6 +216,13 @@ def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
   return images[keep], labels[keep]
 
 
+def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
+  """(N, h, w, 1) uint8 -> (N, size, size, 1), bicubic (smooth strokes rather than 8x8 blocks)."""
+  from PIL import Image
+  out = [np.asarray(Image.fromarray(x[..., 0]).resize((size, size), Image.BICUBIC)) for x in images]
+  return np.stack(out)[..., None]
+
+
 def subset_per_class(images: np.ndarray, labels: np.ndarray, per_class: int, seed: int):
   """`per_class` examples of each class, drawn by a seeded permutation (0 or less: everything)."""
   if per_class <= 0:
@@ -234,8 +242,10 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_
                download: bool = True, process_index: int = 0,
                process_count: int = 1) -> Tuple[np.ndarray, np.ndarray]:
   """This process's shard of a split, in memory: (uint8 images NHWC, int32 labels)."""
-  if name == "digits":
+  if name in ("digits", "digits28"):
     images, labels = load_digits_split(split)
+    if name == "digits28":
+      images = resize_uint8(images, 28)
     return images[process_index::process_count], labels[process_index::process_count]
   builder = get_builder(name, data_dir, manual_dir, download)
   shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
@@ -321,7 +331,7 @@ def load_shards(name: str, split: str, *, num_shards: int = 0, process_index: in
   shards = []
   for j in process_shards(num_shards, process_index, process_count):
     images, labels = load_split(name, split, process_index=j, process_count=total, **load)
-    spec = split if total == 1 else str(tfds.split_for_jax_process(split, process_index=j, process_count=total))
+    spec = split if total == 1 else f"{split}, shard {j + 1} of {total}"
     shards.append(Shard(j, spec, images, labels))
   return shards
 

@@ -41,12 +41,45 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
   discriminator = Discriminator(features=m.d_features, **kwargs)
   g_tx = optax.adam(config.g_lr, b1=config.b1, b2=config.b2)
   d_tx = optax.adam(config.d_lr, b1=config.b1, b2=config.b2)
+  frozen = config.transfer.freeze_d_layers
+  if frozen:  # FreezeD (Mo et al., 2020): D's lowest blocks keep their (pretrained) parameters
+    num_blocks = num_upsamplings(image_shape[0])
+    if not 0 < frozen <= num_blocks:
+      raise ConfigError(f"transfer.freeze_d_layers={frozen}, but D has {num_blocks} convolution blocks: "
+                        f"use 1..{num_blocks} (or 0: nothing frozen)")
+    d_tx = optax.multi_transform({"train": d_tx, "frozen": optax.set_to_zero()},
+                                 lambda params: frozen_d_labels(params, frozen))
   init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
   try:
     return gan_step.init_state(init_key, generator, discriminator, g_tx, d_tx, image_shape=tuple(image_shape),
                                latent_dim=m.latent_dim, loss=config.loss, ema_decay=config.ema_decay)
   except ValueError as e:
     raise ConfigError(f"{e} (configs/gan.py)") from None
+
+
+def frozen_d_labels(d_params, num_frozen: int):
+  """'frozen' for D's first `num_frozen` blocks (block i: Conv_i and the BatchNorm after it), else 'train'."""
+  frozen_names = {f"Conv_{i}" for i in range(num_frozen)} | {f"BatchNorm_{i - 1}" for i in range(1, num_frozen)}
+  return {name: jax.tree.map(lambda _: "frozen" if name in frozen_names else "train", sub)
+          for name, sub in d_params.items()}
+
+
+def init_from_source(config, state: gan_step.GANState, image_shape) -> gan_step.GANState:
+  """G and D (weights, BatchNorm statistics, EMA) from another GAN run's latest checkpoint; the optimisers
+  start fresh and the step at 0 (fine-tuning to a new domain, e.g. FreezeD)."""
+  source = config.transfer.init_workdir
+  folder = os.path.join(source, "checkpoints")
+  meta = {"experiment": "gan", "image_shape": list(image_shape)}
+  plain = ml_collections.ConfigDict(config.to_dict())
+  plain.transfer.freeze_d_layers = 0  # the source run's optimiser state has no frozen group
+  template = build_state(plain, image_shape)
+  source_state, step = Checkpointer(folder, meta).restore_latest(template)
+  if step is None:
+    raise ConfigError(f"transfer.init_workdir={source} has no checkpoint: train the source GAN there first")
+  logging.info("Initialised G and D from %s (step %d); optimisers start fresh", source, step)
+  return state.replace(g_params=source_state.g_params, g_batch_stats=source_state.g_batch_stats,
+                       d_params=source_state.d_params, d_batch_stats=source_state.d_batch_stats,
+                       ema_params=source_state.ema_params if state.ema_decay > 0 else state.ema_params)
 
 
 def fixed_noise(config, n: int) -> jax.Array:
@@ -70,6 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                     "image_shape": list(ds_spec.image_shape)},
                               max_to_keep=config.keep_checkpoints)
   state, restored = checkpointer.restore_latest(state)
+  if restored is None and config.transfer.init_workdir:  # resume order: this workdir > the source run > scratch
+    state = init_from_source(config, state, ds_spec.image_shape)
   start = int(state.step)
   if start >= config.num_steps:
     logging.info("Checkpoint %d already reaches num_steps=%d: nothing to train", start, config.num_steps)
