@@ -45,9 +45,9 @@ def assert_same_state(workdir_a, workdir_b):
     np.testing.assert_array_equal(x, y)  # bit for bit
 
 
-def start(workdir, env=None):
+def start(workdir, env=None, args=GAN):
   log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "a")
-  return subprocess.Popen([sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *GAN], cwd=REPO,
+  return subprocess.Popen([sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *args], cwd=REPO,
                           env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -87,17 +87,22 @@ def test_sigterm_then_resume_is_exact(reference, tmp_path):
   assert_same_state(workdir, reference)
 
 
-def test_kill9_at_random_moments_then_resume_is_exact(reference, tmp_path):
-  workdir, rng = str(tmp_path / "run"), random.Random(0)
+def kill_twice_then_finish(workdir, args, num_steps, seed=0):
+  rng = random.Random(seed)
   for kill in range(2):
     before = (checkpoint_steps(workdir) or [0])[-1]
-    proc = start(workdir)
+    proc = start(workdir, args=args)
     wait_for(lambda: (checkpoint_steps(workdir) or [0])[-1] > before, proc)
     time.sleep(rng.uniform(0.0, 1.0))
     proc.kill()
     proc.wait()
-  assert checkpoint_steps(workdir)[-1] < STEPS  # the kills did land mid-run
-  assert start(workdir).wait(timeout=300) == 0
+  assert checkpoint_steps(workdir)[-1] < num_steps  # the kills did land mid-run
+  assert start(workdir, args=args).wait(timeout=300) == 0
+
+
+def test_kill9_at_random_moments_then_resume_is_exact(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  kill_twice_then_finish(workdir, GAN, STEPS)
   assert_same_state(workdir, reference)
 
 
