@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from tlgan.errors import UserError
+from tlgan.models.resnet import BatchNorm
 from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -110,7 +111,7 @@ def calibrate_batch_stats(model, variables, images: Sequence[np.ndarray]):
   for image in images:
     _, new = model.apply(variables, normalize(jnp.asarray(image)[None]), train=True, mutable=["batch_stats"])
     # the module blends momentum * old + (1 - momentum) * batch; recover the batch's own statistics
-    m = 0.9
+    m = BatchNorm.momentum
     per_image.append(jax.tree.map(lambda new_v, old_v: (new_v - m * old_v) / (1 - m),
                                   new["batch_stats"], variables["batch_stats"]))
   stats = jax.tree.map(lambda *v: sum(v) / len(v), *per_image)
