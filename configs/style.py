@@ -1,12 +1,14 @@
-"""Neural style transfer with ResNet18 features and SWAG smoothing (offline: scikit-image's photographs).
+"""Neural style transfer with ResNet18 features (offline: scikit-image's photographs, tlgan's own features).
 
     python -m experiments.main --config=configs/style.py --workdir=runs/style
     python -m experiments.main --config=configs/style.py --workdir=runs/style \
         --config.content=my_photo.jpg --config.style=a_painting.png
 
 Features: ImageNet ResNet18 from `weights` when that file exists (convert it first with
-`python -m tlgan.pretrained --arch=resnet18 --output=weights/resnet18.msgpack`), else random weights with
-BatchNorm calibrated on the two images (the offline fallback; `features='imagenet'` insists on the weights).
+`python -m tlgan.pretrained --arch=resnet18 --output=weights/resnet18.msgpack`), with SWAG smoothing. Offline
+(the fallback): tlgan's ResNet18 trained on Fashion-MNIST (the GAN's FD network, from the cache; trained there
+once, ~2.5 minutes, when missing) applied to each colour channel, with plain Gram matrices. `features='imagenet'`
+insists on the weights; `features='random'` is the ablation (random weights: coloured noise, not style).
 Variants: configs/style.py:adam (Adam instead of L-BFGS), configs/style.py:smoke (tests).
 """
 
@@ -20,9 +22,10 @@ def get_config(arg=None):
   config.content = "skimage:chelsea"  # a path, or skimage:NAME (photographs shipped with scikit-image)
   config.style = "skimage:immunohistochemistry"
   config.image_size = 256  # longer side, pixels
-  config.features = "auto"  # 'auto': imagenet when `weights` exists, else 'random'
+  config.features = "auto"  # 'auto': imagenet when `weights` exists, else 'fashion_mnist'; or 'random'
   config.weights = "weights/resnet18.msgpack"
-  config.smoothing = "swag"  # or 'none' (plain Gram matrices)
+  config.cache_dir = "~/.cache/tlgan"  # where the fashion_mnist feature network lives (shared with the GAN's FD)
+  config.smoothing = "auto"  # 'swag' (Wang et al. 2021), 'none' (plain Gram); auto: swag for imagenet features
   config.compare_smoothing = True  # also run the other smoothing, shown side by side
   config.content_layers = ("layer2",)
   config.style_layers = ("stem", "layer1", "layer2")
@@ -30,8 +33,10 @@ def get_config(arg=None):
   config.style_weight = 1000.0
   config.tv_weight = 10.0
   config.init = "content"  # or 'noise'
+  config.scales = 2  # coarse to fine: image_size/2, then image_size (num_steps at each)
+  config.pyramid_levels = 6  # the image is a sum of upsampled images of halving sizes (1: plain pixels)
   config.optimizer = "lbfgs"  # or 'adam'
-  config.learning_rate = 0.02  # Adam only
+  config.learning_rate = 0.004  # Adam only; every pyramid level moves this much, so keep it small
   config.num_steps = 100
   config.log_every = 10
 
@@ -40,6 +45,7 @@ def get_config(arg=None):
       config.optimizer = "adam"
       config.num_steps = 400
     elif variant == "smoke":
+      config.features = "random"
       config.image_size = 64
       config.num_steps = 6
       config.log_every = 2

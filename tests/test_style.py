@@ -1,5 +1,6 @@
-"""Style transfer: Gram matrices, SWAG and losses against float64 NumPy; the optimisation lowers the style loss
-by a large factor; the run writes images of the right shape and range; bad image paths get one-line errors."""
+"""Style transfer: Gram matrices, SWAG and losses against float64 NumPy; per-channel features and the image
+pyramid against direct computations; the optimisation lowers the style loss by a large factor; the run writes
+images of the right shape and range; bad image paths get one-line errors."""
 
 import json
 import os
@@ -32,6 +33,32 @@ def test_gram_swag_tv_and_relative_error_vs_float64():
   a, t = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
   assert float(style.relative_sq_error(jnp.asarray(a), jnp.asarray(t))) == pytest.approx(
       np.sum((a - t) ** 2) / np.sum(t ** 2), rel=1e-5)
+
+
+def test_per_channel_features_equal_each_channel_alone():
+  w = rng.normal(size=(3, 5)).astype(np.float32)
+  fn = lambda x: {"a": jnp.tanh(x @ w), "b": jnp.square(x[:, ::2, ::2]) @ w[:, :2]}
+  x = rng.uniform(size=(2, 6, 4, 3)).astype(np.float32)
+  out = style.per_channel(fn)(jnp.asarray(x))
+  for name, channels in (("a", 5), ("b", 2)):
+    expected = np.concatenate([np.asarray(fn(jnp.repeat(jnp.asarray(x[..., c:c + 1]), 3, -1))[name])
+                               for c in range(3)], axis=-1)
+    assert out[name].shape[-1] == 3 * channels
+    np.testing.assert_allclose(out[name], expected, rtol=1e-6)
+
+
+def test_pyramid_levels_and_render():
+  levels = style.pyramid((1, 13, 20, 3), 4)
+  assert [p.shape[1:3] for p in levels] == [(13, 20), (7, 10), (4, 5), (2, 3)]  # halving, rounded up
+  base = jnp.asarray(rng.uniform(size=(1, 13, 20, 3)), jnp.float32)
+  np.testing.assert_array_equal(style.render(base, levels), base)
+  # a constant on a coarse level adds that constant everywhere; the full-size level adds itself
+  fine = jnp.asarray(rng.normal(size=(1, 13, 20, 3)), jnp.float32)
+  shifted = style.render(base, [fine, levels[1], jnp.full((1, 4, 5, 3), 0.25), levels[3]])
+  np.testing.assert_allclose(shifted, base + fine + 0.25, rtol=1e-6, atol=1e-6)
+  # the gradient reaches every level, coarse levels summing their pixels' gradients
+  grads = jax.grad(lambda ls: jnp.sum(style.render(base, ls)))(levels)
+  assert float(grads[0].sum()) == pytest.approx(13 * 20 * 3) and float(grads[3].sum()) == pytest.approx(13 * 20 * 3, rel=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +102,33 @@ def test_cli_writes_stylized_side_by_side_and_curve(tmp_path):
   assert os.path.getsize(workdir / "loss_curve.png") > 0
   for run in summary["runs"].values():
     assert run["style_loss_reduction"] > 1.0 and np.isfinite(run["final"]["content"])
-  assert summary["features"].startswith("resnet18")
+  assert summary["features"].startswith("resnet18") and summary["sizes"] == [32, 64]
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert max(r["step"] for r in rows) == 12  # 6 steps at each of the two sizes
+
+
+def test_offline_features_are_the_fashion_network_per_channel(tmp_path, images):
+  """features='fashion_mnist' loads the domain network from the cache (a tiny stand-in here) and runs it per
+  colour channel; 'imagenet' without weights is a one-line error."""
+  from configs import style as style_config
+  from tlgan import feature_networks, pretrained
+  from tlgan.trainers import style as trainer
+  model = pretrained.model_for("resnet18", 10, width=8)
+  variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
+  path = feature_networks.default_weights_path(str(tmp_path), "fashion_mnist")
+  os.makedirs(os.path.dirname(path))
+  pretrained.save(path, variables, {"arch": "resnet18", "stem": "imagenet", "image_size": "32"})
+  config = style_config.get_config("smoke")
+  config.features, config.cache_dir = "fashion_mnist", str(tmp_path)
+  content, style_image = images
+  features, description, kind = trainer.feature_network(config, content, style_image)
+  assert kind == "fashion_mnist" and "per colour channel" in description
+  out = features(jnp.asarray(content)[None])
+  direct = style.resnet_features(model, variables)(jnp.repeat(jnp.asarray(content)[None, ..., 1:2], 3, -1))
+  np.testing.assert_allclose(out["layer1"][..., 8:16], direct["layer1"], rtol=1e-5, atol=1e-6)  # green
+  config.features, config.weights = "imagenet", str(tmp_path / "missing.msgpack")
+  with pytest.raises(UserError, match="needs .*missing.msgpack: convert it with python -m tlgan.pretrained"):
+    trainer.feature_network(config, content, style_image)
 
 
 def test_image_paths_are_checked(tmp_path):

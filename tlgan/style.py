@@ -9,13 +9,20 @@ image's, its features at a deeper stage match the content image's, and its total
 Each layer's term is relative to the target's own magnitude, so the weights mean the same thing whatever the
 layer's scale (ResNet activations grow with depth; softmax-smoothed ones are tiny).
 
-SWAG: residual networks give peaky, low-entropy activations, which match poorly through Gram matrices; SWAG
-replaces every activation map by its softmax over all positions and channels of the layer (scaled to mean 1)
-before the Gram matrix and the content comparison (`smoothing='swag'`, the default for ResNet features).
+SWAG: residual networks trained on ImageNet give peaky, low-entropy activations, which match poorly through
+Gram matrices; SWAG replaces every activation map by its softmax over all positions and channels of the layer
+(scaled to mean 1) before the Gram matrix and the content comparison (`smoothing='swag'`, the default for
+ImageNet ResNet features).
 
-Features: converted ImageNet weights (`python -m tlgan.pretrained`) when present. Offline without them, a
-randomly initialised ResNet18 whose BatchNorm statistics are calibrated on the content and style images: the
-SWAG paper shows that with smoothing, the architecture matters more than the learned weights.
+Features: converted ImageNet weights (`python -m tlgan.pretrained`) when present. Offline without them, the
+ResNet18 that tlgan trains on Fashion-MNIST (real photographs of clothes, grayscale) for its FD metric, applied
+to each colour channel as a gray image (`per_channel`: the Gram matrices then also hold the correlations
+between colour channels). Random weights are an option too; their features are a poor basis for style (the
+result is coloured noise): learned filters matter.
+
+The image is parameterised as a Laplacian-like pyramid (`pyramid`, `render`): a sum of upsampled images of
+halving sizes, all optimised together, so that coarse changes take few steps and high-frequency noise is not the
+optimiser's easiest way to match the statistics; and it is optimised coarse to fine (the trainer's `scales`).
 """
 
 import os
@@ -105,6 +112,17 @@ def resnet_features(model, variables) -> Callable[[jax.Array], Dict[str, jax.Arr
   return fn
 
 
+def per_channel(features: Callable) -> Callable:
+  """A network trained on gray images, on colour ones: each RGB channel goes through it as a gray image (one
+  batch of 3N), and the channels' features are concatenated (3x the channels)."""
+  def fn(x):
+    n, h, w, _ = x.shape
+    gray = jnp.moveaxis(x, -1, 0).reshape(3 * n, h, w, 1)  # channel-major: [R of all images, G ..., B ...]
+    out = features(jnp.repeat(gray, 3, axis=-1))
+    return {k: jnp.concatenate(jnp.split(v, 3, axis=0), axis=-1) for k, v in out.items()}
+  return fn
+
+
 def calibrate_batch_stats(model, variables, images: Sequence[np.ndarray]):
   """BatchNorm running statistics := the statistics of `images` (averaged over them), for random weights."""
   per_image = []
@@ -161,19 +179,33 @@ def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformat
   raise UserError(f"optimizer must be lbfgs or adam, got {name!r}")
 
 
-def make_step(loss: Callable, tx: optax.GradientTransformation) -> Callable:
-  """A jitted (x, opt_state) -> (x, opt_state, total, parts) step; L-BFGS runs its line search on `loss`."""
+def make_step(loss: Callable, tx: optax.GradientTransformation, line_search: bool = True) -> Callable:
+  """A jitted (x, opt_state) -> (x, opt_state, total, parts) step. With `line_search` (L-BFGS), the optimiser
+  evaluates `loss` itself and its state carries the value and gradient from one step to the next."""
   total_only = lambda x: loss(x)[0]
-  value_and_grad = optax.value_and_grad_from_state(total_only)
+  value_and_grad = (optax.value_and_grad_from_state(total_only) if line_search
+                    else lambda x, state: jax.value_and_grad(total_only)(x))
 
   @jax.jit
   def step(x, opt_state):
     value, grad = value_and_grad(x, state=opt_state)
-    updates, opt_state = tx.update(grad, opt_state, x, value=value, grad=grad, value_fn=total_only)
+    extra = dict(value=value, grad=grad, value_fn=total_only) if line_search else {}
+    updates, opt_state = tx.update(grad, opt_state, x, **extra)
     x = optax.apply_updates(x, updates)
     return x, opt_state, value, loss(x)[1]
 
   return step
+
+
+def pyramid(shape: Sequence[int], levels: int) -> list:
+  """Zero images of sizes (H, W), (H/2, W/2), ... (`levels` of them, rounded up) for an image of `shape`."""
+  n, h, w, c = shape
+  return [jnp.zeros((n, -(-h // 2 ** k), -(-w // 2 ** k), c), jnp.float32) for k in range(max(1, levels))]
+
+
+def render(base: jax.Array, levels: Sequence[jax.Array]) -> jax.Array:
+  """base + the sum of the pyramid's levels, each upsampled (bilinear) to the base's size."""
+  return base + sum(jax.image.resize(p, base.shape, "linear") if p.shape != base.shape else p for p in levels)
 
 
 def initial_image(init: str, content: np.ndarray, seed: int) -> jax.Array:

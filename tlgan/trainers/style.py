@@ -22,55 +22,105 @@ from tlgan.errors import ConfigError, UserError
 from tlgan.trainers import loop
 
 
+FEATURES = ("auto", "imagenet", "fashion_mnist", "random")
+
+
 def feature_network(config, content: np.ndarray, style_image: np.ndarray):
-  """(features fn, description): converted ImageNet weights, or calibrated random weights offline."""
-  model = pretrained.model_for("resnet18", 1000)
+  """(features fn, description, kind): converted ImageNet weights; offline, tlgan's Fashion-MNIST ResNet18 on
+  each colour channel (trained once into the cache when missing, as for the GAN's FD); or random weights with
+  BatchNorm calibrated on the two images."""
   choice = config.features
-  if choice not in ("auto", "imagenet", "random"):
-    raise ConfigError(f"features must be auto, imagenet or random, got {choice!r}")
+  if choice not in FEATURES:
+    raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {choice!r}")
   have_weights = bool(config.weights) and os.path.isfile(config.weights)
   if choice == "imagenet" and not have_weights:
     raise UserError(f"features='imagenet' needs {config.weights or 'a weights file'}: convert it with "
                     "python -m tlgan.pretrained --arch=resnet18 --output=weights/resnet18.msgpack")
-  fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
-  if choice != "random" and have_weights:
+  if choice == "auto":
+    choice = "imagenet" if have_weights else "fashion_mnist"
+    if choice == "fashion_mnist":
+      logging.warning("No ImageNet weights at %r: offline features, tlgan's ResNet18 trained on Fashion-MNIST "
+                      "applied to each colour channel (convert weights with python -m tlgan.pretrained for the "
+                      "usual result)", config.weights)
+  if choice == "imagenet":
+    model = pretrained.model_for("resnet18", 1000)
+    fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
     weights, meta = pretrained.load(config.weights)
     if meta.get("arch") != "resnet18":
       raise UserError(f"{config.weights} holds {meta.get('arch')} weights; style transfer uses resnet18")
     variables, _ = pretrained.merge_pretrained(fresh, weights, ())
-    return style.resnet_features(model, jax.tree.map(jnp.asarray, variables)), f"resnet18 ({config.weights})"
-  logging.warning("No ImageNet weights at %r: random ResNet18 features (seed %d), BatchNorm calibrated on the "
-                  "two images (convert weights with python -m tlgan.pretrained for the usual result)",
-                  config.weights, config.seed)
+    return (style.resnet_features(model, jax.tree.map(jnp.asarray, variables)), f"resnet18 ({config.weights})",
+            choice)
+  if choice == "fashion_mnist":
+    from configs import gan as gan_configs
+    from tlgan import feature_networks
+    from tlgan.trainers import gan_eval
+    gan_config = gan_configs.get_config()
+    gan_config.eval.cache_dir = config.cache_dir
+    path = feature_networks.default_weights_path(config.cache_dir, "fashion_mnist")
+    feature_networks.ensure_domain_weights(path, "fashion_mnist", gan_eval.feature_train_config(gan_config))
+    variables, meta = pretrained.load(path)
+    model = pretrained.model_for("resnet18", variables["params"]["fc"]["kernel"].shape[1],
+                                 stem=meta.get("stem", "imagenet"),
+                                 width=variables["params"]["conv1"]["kernel"].shape[-1])
+    features = style.per_channel(style.resnet_features(model, jax.tree.map(jnp.asarray, variables)))
+    return features, f"resnet18-fashion_mnist per colour channel ({path})", choice
+  model = pretrained.model_for("resnet18", 1000)
+  fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
   variables = style.calibrate_batch_stats(model, fresh, [content, style_image])
-  return style.resnet_features(model, variables), f"resnet18 (random weights, seed {config.seed})"
+  return style.resnet_features(model, variables), f"resnet18 (random weights, seed {config.seed})", choice
 
 
-def optimise(config, features, content, style_image, smoothing: str, writer, tag: str):
-  loss = style.make_loss(features, content, style_image, content_layers=tuple(config.content_layers),
-                         style_layers=tuple(config.style_layers), content_weight=config.content_weight,
-                         style_weight=config.style_weight, tv_weight=config.tv_weight, smoothing=smoothing)
+def scale_sizes(config) -> list:
+  """Coarse to fine: image_size / 2^(scales-1), ..., image_size."""
+  if config.scales < 1:
+    raise ConfigError(f"scales must be 1 or more, got {config.scales}")
+  return [max(32, config.image_size >> k) for k in reversed(range(config.scales))]
+
+
+def optimise(config, features, sizes, smoothing: str, writer, tag: str):
+  """Coarse to fine: at each size, `num_steps` steps on the pyramid of the previous result, upsampled."""
+  losses = []
+  for size in sizes:
+    content, style_image = style.load_image(config.content, size), style.load_image(config.style, size)
+    losses.append((content, style.make_loss(
+        features, content, style_image, content_layers=tuple(config.content_layers),
+        style_layers=tuple(config.style_layers), content_weight=config.content_weight,
+        style_weight=config.style_weight, tv_weight=config.tv_weight, smoothing=smoothing)))
   tx = style.make_optimizer(config.optimizer, config.learning_rate)
-  step = style.make_step(loss, tx)
-  x = style.initial_image(config.init, content, config.seed)
-  # Strongly typed from the start: optax's initial line-search info holds weak-typed scalars, which would make
-  # the second call compile the step again.
-  opt_state = jax.tree.map(lambda a: jnp.asarray(a, jnp.asarray(a).dtype), tx.init(x))
-  first = {k: float(v) for k, v in loss(x)[1].items()}
-  history = [{"step": 0, **first}]
+  final_content, final_loss = losses[-1]
+  # The reduction is measured on the final size: the initial image there vs the result.
+  first = {k: float(v) for k, v in final_loss(style.initial_image(config.init, final_content, config.seed))[1].items()}
+  history = [{"step": 0, "size": sizes[-1], **first}]
   t0 = time.perf_counter()
-  with tqdm(total=config.num_steps, unit="step", desc=f"style ({smoothing})", file=sys.stderr,
+  x = None
+  total = config.num_steps * len(sizes)
+  with tqdm(total=total, unit="step", desc=f"style ({smoothing})", file=sys.stderr,
             disable=not reporting.is_writer(), mininterval=2.0) as bar:
-    for i in range(1, config.num_steps + 1):
-      x, opt_state, total, parts = step(x, opt_state)
-      if i % config.log_every == 0 or i == config.num_steps:
-        row = {k: float(v) for k, v in parts.items()}
-        if not all(np.isfinite(v) for v in row.values()):
-          raise UserError(f"style optimisation diverged at step {i} ({row}): lower learning_rate or use lbfgs")
-        history.append({"step": i, **row})
-        writer.write(i, {f"{tag}/{k}": v for k, v in row.items()})
-        bar.set_postfix(style=f"{row['style']:.3g}", content=f"{row['content']:.3g}")
-      bar.update(1)
+    for s, ((content, loss), size) in enumerate(zip(losses, sizes)):
+      if x is None:
+        x = style.initial_image(config.init, content, config.seed)
+      else:
+        x = jax.image.resize(x, (1, *content.shape), "linear")
+      base = x
+      step = style.make_step(lambda levels, base=base, loss=loss: loss(style.render(base, levels)), tx,
+                             line_search=config.optimizer == "lbfgs")
+      levels = style.pyramid(base.shape, config.pyramid_levels)
+      # Strongly typed from the start: optax's initial line-search info holds weak-typed scalars, which would
+      # make the second call compile the step again.
+      opt_state = jax.tree.map(lambda a: jnp.asarray(a, jnp.asarray(a).dtype), tx.init(levels))
+      for i in range(1, config.num_steps + 1):
+        levels, opt_state, _, parts = step(levels, opt_state)
+        if i % config.log_every == 0 or i == config.num_steps:
+          row = {k: float(v) for k, v in parts.items()}
+          if not all(np.isfinite(v) for v in row.values()):
+            raise UserError(f"style optimisation diverged at step {i} ({row}): lower learning_rate or use lbfgs")
+          n = s * config.num_steps + i
+          history.append({"step": n, "size": size, **row})
+          writer.write(n, {f"{tag}/{k}": v for k, v in row.items()})
+          bar.set_postfix(size=size, style=f"{row['style']:.3g}", content=f"{row['content']:.3g}")
+        bar.update(1)
+      x = style.render(base, levels)
   seconds = time.perf_counter() - t0
   result = np.clip(np.asarray(x[0]), 0.0, 1.0)
   return result, history, seconds
@@ -108,18 +158,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     raise ConfigError(f"num_steps must be positive, got {config.num_steps}")
   if config.image_size < 32:
     raise ConfigError(f"image_size {config.image_size} is too small for ResNet18 features: use 128 or more")
+  sizes = scale_sizes(config)
   content = style.load_image(config.content, config.image_size)
   style_image = style.load_image(config.style, config.image_size)
-  features, description = feature_network(config, content, style_image)
-  logging.info("Content %s %s, style %s %s, features: %s", config.content, content.shape, config.style,
-               style_image.shape, description)
-  smoothings = [config.smoothing] + (["none" if config.smoothing == "swag" else "swag"]
-                                     if config.compare_smoothing else [])
+  features, description, kind = feature_network(config, content, style_image)
+  logging.info("Content %s %s, style %s %s, features: %s; sizes %s", config.content, content.shape, config.style,
+               style_image.shape, description, sizes)
+  main = config.smoothing
+  if main == "auto":  # SWAG fixes ImageNet ResNets' peaky activations; the offline features do better without
+    main = "swag" if kind == "imagenet" else "none"
+  smoothings = [main] + (["none" if main == "swag" else "swag"] if config.compare_smoothing else [])
   writer = reporting.MetricWriter(workdir)
   results, runs = {}, {}
   try:
     for smoothing in smoothings:
-      image, history, seconds = optimise(config, features, content, style_image, smoothing, writer, smoothing)
+      image, history, seconds = optimise(config, features, sizes, smoothing, writer, smoothing)
       results[smoothing] = image
       runs[smoothing] = {"history": history, "seconds": round(seconds, 2),
                          "style_loss_reduction": history[0]["style"] / max(history[-1]["style"], 1e-30),
@@ -129,7 +182,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                    history[-1]["content"], seconds)
   finally:
     writer.close()
-  main = config.smoothing
   save_png(os.path.join(workdir, "stylized.png"), to_uint8(results[main]))
   height = min(256, content.shape[0])
   save_png(os.path.join(workdir, "side_by_side.png"),
@@ -143,6 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "experiment": "style",
       "content": config.content, "style": config.style, "features": description,
       "image_shape": list(content.shape), "optimizer": config.optimizer, "num_steps": config.num_steps,
+      "sizes": sizes, "smoothing": main,
       "runs": {s: {k: v for k, v in r.items() if k != "history"} for s, r in runs.items()},
       "outputs": {"stylized": "stylized.png", "side_by_side": "side_by_side.png (content, style, "
                   + ", ".join(f"result with smoothing={s}" for s in smoothings) + ")",
