@@ -6,6 +6,9 @@ Variants, comma-separated after a colon (later ones win where they overlap):
     configs/gan.py:mnist      MNIST (TFDS download, or --config.data.manual_dir with its IDX files)
     configs/gan.py:cifar10    CIFAR-10, 32x32x3 (TFDS download)
     configs/gan.py:digits     scikit-learn's digits at 28x28 (offline, 1,258 images: a small target domain)
+    configs/gan.py:projected  D = heads on a frozen ResNet18 trained on Fashion-MNIST (Projected-GAN-like);
+                              first: python -m experiments.main --config=configs/transfer.py:fashion_pretrain
+                              --workdir=runs/fashion_resnet18
     configs/gan.py:smoke      a tiny model for a few steps (tests, CI)
 FreezeD from the default run: configs/gan.py:digits --config.transfer.init_workdir=runs/gan
     --config.transfer.freeze_d_layers=1
@@ -31,7 +34,10 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict()
   config.model.latent_dim = 100
   config.model.g_features = 64  # G: z -> 256@7x7 -> 128@14x14 -> 1@28x28
-  config.model.d_features = 64  # D mirrors G
+  config.model.d_features = 64  # D mirrors G (with discriminator='projected': each head's width)
+  config.model.discriminator = "dcgan"  # or 'projected': trainable heads on a frozen pretrained ResNet18
+  config.model.d_trunk_weights = "runs/fashion_resnet18/model.msgpack"  # 'projected' only: a classifier run's
+  config.model.d_trunk_stages = ("layer1", "layer2", "layer3")  # 'projected' only: the stages with heads
   config.model.conv_impl = "auto"  # 'auto': GEMM formulations on CPU, XLA's convolutions elsewhere
   config.model.dtype = "float32"
 
@@ -94,6 +100,8 @@ def get_config(arg=None):
       config.eval.final_num_samples = 2000
       config.eval.kid_subset_size = 200  # the reference is the 539 test digits
       config.eval.feature_train_epochs = 30.0  # resnet18-digits28: 300 steps on the training digits
+    elif variant == "projected":
+      config.model.discriminator = "projected"
     elif variant == "smoke":
       config.model.latent_dim = 16
       config.model.g_features = 8
@@ -113,5 +121,5 @@ def get_config(arg=None):
       config.eval.feature_train_epochs = 1.0
       config.eval.feature_width = 8
     else:
-      raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist, cifar10 or digits")
+      raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist, cifar10, digits or projected")
   return config

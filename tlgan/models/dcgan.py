@@ -43,9 +43,9 @@ def stage_widths(image_size: int, features: int) -> Tuple[int, ...]:
   return tuple(features * 2**(i + 1) for i in range(num_upsamplings(image_size)))
 
 
-def _batch_norm(train: bool, axis_name: Optional[str], dtype: Any):
+def _batch_norm(train: bool, axis_name: Optional[str], dtype: Any, name: Optional[str] = None):
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name,
-                      scale_init=bn_scale_init, dtype=dtype)
+                      scale_init=bn_scale_init, dtype=dtype, name=name)
 
 
 class _DCGANModule(nn.Module):

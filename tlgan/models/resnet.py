@@ -142,8 +142,10 @@ class ResNet(nn.Module):
     return conv, norm
 
   @nn.compact
-  def __call__(self, x, train: bool = False, features_only: bool = False):
-    """Logits (N, num_classes); with `features_only`, the pooled features before the head."""
+  def __call__(self, x, train: bool = False, features_only: bool = False, stages: Sequence[str] = ()):
+    """Logits (N, num_classes); with `features_only`, the pooled features before the head; with `stages`
+    (names from 'stem', 'layer1', ...), a dict of those stage outputs, computed no deeper than needed (the
+    model then has no parameters beyond the deepest stage named)."""
     if self.stem not in STEMS:
       raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
     conv, norm = self._modules(train)
@@ -152,18 +154,28 @@ class ResNet(nn.Module):
       x = conv(self.width, (7, 7), (2, 2), (3, 3), name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
       self.sow("intermediates", "stem", x)
+      outputs = {"stem": x}
       x = max_pool_torch(x)
     else:
       x = conv(self.width, (3, 3), (1, 1), (1, 1), name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
       self.sow("intermediates", "stem", x)
+      outputs = {"stem": x}
     for i, num_blocks in enumerate(self.stage_sizes):
+      if stages and all(name in outputs for name in stages):
+        break
       for j in range(num_blocks):
         stride = 2 if i > 0 and j == 0 else 1
         x = self.block(self.width * 2**i, stride, conv=conv, norm=norm,
                        zero_init_residual=self.zero_init_residual, name=f"layer{i + 1}_{j}")(x)
       # Stage outputs, collected with apply(..., mutable=['intermediates']) (style transfer); free otherwise.
       self.sow("intermediates", f"layer{i + 1}", x)
+      outputs[f"layer{i + 1}"] = x
+    if stages:
+      unknown = [name for name in stages if name not in outputs]
+      if unknown:
+        raise ValueError(f"unknown stages {unknown}: choose from {sorted(outputs)}")
+      return {name: outputs[name] for name in stages}
     feats = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if features_only:
       return feats

@@ -22,6 +22,7 @@ from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.models.dcgan import Discriminator, Generator, num_upsamplings
 from tlgan.models.layers import COMPUTE_DTYPES
+from tlgan.models.projected import ProjectedDiscriminator, load_trunk, trunk_labels
 from tlgan.steps import gan as gan_step
 from tlgan.trainers import gan_eval, loop
 
@@ -38,10 +39,23 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
   kwargs = dict(image_shape=tuple(image_shape), conv_impl=m.conv_impl, dtype=COMPUTE_DTYPES[m.dtype],
                 axis_name=axis_name)
   generator = Generator(features=m.g_features, **kwargs)
-  discriminator = Discriminator(features=m.d_features, **kwargs)
   g_tx = optax.adam(config.g_lr, b1=config.b1, b2=config.b2)
   d_tx = optax.adam(config.d_lr, b1=config.b1, b2=config.b2)
+  trunk = None
+  if m.discriminator == "projected":
+    trunk, trunk_meta = read_trunk(config)
+    discriminator = ProjectedDiscriminator(
+        features=m.d_features, stages=tuple(m.d_trunk_stages), trunk_width=trunk_meta["width"],
+        trunk_stem=trunk_meta["stem"], trunk_size=trunk_meta["image_size"], **kwargs)
+    d_tx = optax.multi_transform({"train": d_tx, "frozen": optax.set_to_zero()}, trunk_labels)
+  elif m.discriminator == "dcgan":
+    discriminator = Discriminator(features=m.d_features, **kwargs)
+  else:
+    raise ConfigError(f"model.discriminator must be dcgan or projected, got {m.discriminator!r}")
   frozen = config.transfer.freeze_d_layers
+  if frozen and m.discriminator != "dcgan":
+    raise ConfigError("transfer.freeze_d_layers is for the DCGAN discriminator (the projected one's trunk is "
+                      "frozen already): set it to 0")
   if frozen:  # FreezeD (Mo et al., 2020): D's lowest blocks keep their (pretrained) parameters
     num_blocks = num_upsamplings(image_shape[0])
     if not 0 < frozen <= num_blocks:
@@ -51,10 +65,40 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
                                  lambda params: frozen_d_labels(params, frozen))
   init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
   try:
-    return gan_step.init_state(init_key, generator, discriminator, g_tx, d_tx, image_shape=tuple(image_shape),
-                               latent_dim=m.latent_dim, loss=config.loss, ema_decay=config.ema_decay)
+    state = gan_step.init_state(init_key, generator, discriminator, g_tx, d_tx, image_shape=tuple(image_shape),
+                                latent_dim=m.latent_dim, loss=config.loss, ema_decay=config.ema_decay)
   except ValueError as e:
     raise ConfigError(f"{e} (configs/gan.py)") from None
+  if trunk is not None:
+    try:
+      d_params, d_batch_stats = load_trunk(state.d_params, state.d_batch_stats, trunk)
+    except ValueError as e:
+      raise ConfigError(f"model.d_trunk_weights={m.d_trunk_weights}: {e}") from None
+    state = state.replace(d_params=d_params, d_batch_stats=d_batch_stats)
+  return state
+
+
+def read_trunk(config):
+  """The projected discriminator's trunk: (variables, {'width', 'stem', 'image_size'}) from a classifier's
+  weights file, which must not be the FD feature network (a discriminator on the metric's own features can
+  game the metric, Kynkaanniemi et al. 2022)."""
+  from tlgan import feature_networks, pretrained
+  m, e = config.model, config.eval
+  path = m.d_trunk_weights
+  if not path or not os.path.isfile(path):
+    raise ConfigError(f"model.d_trunk_weights={path!r} does not exist: train the trunk first with python -m "
+                      "experiments.main --config=configs/transfer.py:fashion_pretrain --workdir=runs/fashion_resnet18"
+                      " (or point --config.model.d_trunk_weights at another tlgan ResNet18 weights file)")
+  variables, meta = pretrained.load(path)
+  if meta.get("arch", "resnet18") != "resnet18":
+    raise ConfigError(f"model.d_trunk_weights={path} holds {meta.get('arch')} weights: the trunk is a resnet18")
+  metric = e.feature_weights or feature_networks.default_weights_path(e.cache_dir, config.data.name)
+  if e.enabled and os.path.isfile(metric) and pretrained.sha256_of(metric) == pretrained.sha256_of(path):
+    raise ConfigError(f"model.d_trunk_weights={path} is the FD feature network itself ({metric}): the "
+                      "discriminator would be trained on the metric's features; use another trunk")
+  info = {"width": int(variables["params"]["conv1"]["kernel"].shape[-1]), "stem": meta.get("stem", "imagenet"),
+          "image_size": int(meta.get("image_size", 32))}
+  return variables, info
 
 
 def frozen_d_labels(d_params, num_frozen: int):

@@ -1,0 +1,115 @@
+"""The projected discriminator: heads on a frozen pretrained ResNet18 trunk (the weights file's own features,
+bit-identical after training steps), its config errors, and a short end-to-end run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_train_gan import smoke, train
+from tlgan import pretrained
+from tlgan.errors import ConfigError
+from tlgan.models.projected import ProjectedDiscriminator
+from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from tlgan.steps import gan as gan_step
+from tlgan.trainers import gan as gan_trainer
+
+STAGES = ("layer1", "layer2", "layer3")
+
+
+def make_trunk(path, width=8, seed=0):
+  """A tiny ResNet18 'classifier' weights file with non-trivial BatchNorm statistics."""
+  model = pretrained.model_for("resnet18", 10, width=width)
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)
+  keys = iter(jax.random.split(jax.random.key(seed + 1), 1000))
+  stats = jax.tree.map(lambda v: v + 0.5 * jax.random.uniform(next(keys), v.shape), variables["batch_stats"])
+  variables = {**variables, "batch_stats": stats}
+  pretrained.save(str(path), variables, {"arch": "resnet18", "stem": "imagenet", "image_size": "32"})
+  return model, variables
+
+
+def projected_config(trunk_path, **overrides):
+  config = smoke(**overrides)
+  config.model.discriminator = "projected"
+  config.model.d_trunk_weights = str(trunk_path)
+  return config
+
+
+def test_resnet_stages_equal_its_sown_activations():
+  model = pretrained.model_for("resnet18", 10, width=8)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  _, sown = model.apply(variables, x, train=False, mutable=["intermediates"])
+  out = model.apply(variables, x, train=False, stages=("stem", "layer2"))
+  assert sorted(out) == ["layer2", "stem"]
+  for name in out:
+    np.testing.assert_array_equal(out[name], sown["intermediates"][name][0])
+  shallow = model.init(jax.random.key(1), x, train=False, stages=("layer2",))
+  assert "layer3_0" not in shallow["params"] and "fc" not in shallow["params"]  # nothing deeper is built
+  with pytest.raises(ValueError, match="unknown stages"):
+    model.apply(variables, x, train=False, stages=("layer9",))
+
+
+def test_trunk_is_the_weights_file_and_stays_frozen_while_heads_and_g_learn(tmp_path):
+  model, variables = make_trunk(tmp_path / "trunk.msgpack")
+  config = projected_config(tmp_path / "trunk.msgpack")
+  state = gan_trainer.build_state(config, (28, 28, 1))
+  assert isinstance(state.discriminator, ProjectedDiscriminator)
+  for collection, tree in (("params", state.d_params), ("batch_stats", state.d_batch_stats)):
+    for path, value in jax.tree_util.tree_leaves_with_path(tree["trunk"]):
+      expected = variables[collection]
+      for key in path:
+        expected = expected[key.key]
+      np.testing.assert_array_equal(value, expected)
+
+  # The trunk sees the image as the classifier was fed: [0, 1], 3 channels, 32x32, ImageNet normalisation.
+  images = jax.random.uniform(jax.random.key(2), (4, 28, 28, 1), minval=-1.0, maxval=1.0)
+  _, sown = state.discriminator.apply({"params": state.d_params, "batch_stats": state.d_batch_stats}, images,
+                                      train=False, mutable=["intermediates"])
+  x = jax.image.resize(jnp.repeat((images + 1) / 2, 3, -1), (4, 32, 32, 3), "linear", antialias=False)
+  expected = model.apply(variables, (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD), train=False,
+                         stages=STAGES)
+  trunk_sown = sown["intermediates"]["trunk"]
+  for name in STAGES:
+    np.testing.assert_allclose(trunk_sown[name][0], expected[name], rtol=1e-5, atol=1e-5)
+
+  batch = {"image": jax.random.uniform(jax.random.key(3), (8, 28, 28, 1), minval=-1.0, maxval=1.0)}
+  step = jax.jit(gan_step.train_step)
+  new, metrics = step(state, batch, jax.random.key(4))
+  new, metrics = step(new, batch, jax.random.key(4))
+  same = lambda a, b: all(jax.tree.leaves(jax.tree.map(lambda u, v: bool(jnp.array_equal(u, v)), a, b)))
+  assert same(new.d_params["trunk"], state.d_params["trunk"])
+  assert same(new.d_batch_stats["trunk"], state.d_batch_stats["trunk"])
+  assert not same(new.d_params["head_layer2_conv"], state.d_params["head_layer2_conv"])
+  assert not same(new.g_params, state.g_params)
+  assert all(np.isfinite(float(v)) for v in metrics.values()) and float(metrics["g_grad_norm"]) > 0
+  # Adam keeps moments for the heads only (2 per parameter + counters), none for the trunk
+  heads = sum(v.size for k, sub in state.d_params.items() if k != "trunk" for v in jax.tree.leaves(sub))
+  assert 2 * heads <= sum(np.size(v) for v in jax.tree.leaves(state.d_opt_state)) <= 2 * heads + 8
+
+
+def test_trunk_errors(tmp_path):
+  with pytest.raises(ConfigError, match="does not exist: train the trunk first"):
+    gan_trainer.build_state(projected_config(tmp_path / "none.msgpack"), (28, 28, 1))
+  make_trunk(tmp_path / "trunk.msgpack")
+  config = projected_config(tmp_path / "trunk.msgpack")
+  config.eval.feature_weights = str(tmp_path / "trunk.msgpack")
+  with pytest.raises(ConfigError, match="is the FD feature network itself"):
+    gan_trainer.build_state(config, (28, 28, 1))
+  config = projected_config(tmp_path / "trunk.msgpack")
+  config.transfer.freeze_d_layers = 1
+  with pytest.raises(ConfigError, match="frozen already"):
+    gan_trainer.build_state(config, (28, 28, 1))
+  config = projected_config(tmp_path / "trunk.msgpack")
+  config.model.d_trunk_stages = ("layer1", "layer9")
+  with pytest.raises(ConfigError, match="unknown stages"):
+    gan_trainer.build_state(config, (28, 28, 1))
+
+
+def test_end_to_end_run_with_projected_discriminator(tmp_path):
+  make_trunk(tmp_path / "trunk.msgpack")
+  config = projected_config(tmp_path / "trunk.msgpack", num_steps=4)
+  config.eval.enabled = False
+  summary = train(config, tmp_path / "run")
+  assert summary["status"] == "completed" and summary["step"] == 4
+  assert all(np.isfinite(v) for v in summary["final_metrics"].values())

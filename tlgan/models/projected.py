@@ -1,0 +1,77 @@
+"""A discriminator on a frozen pretrained trunk (after Projected GANs, Sauer et al., NeurIPS 2021).
+
+The image goes through a pretrained ResNet18 (fed as its classifier was trained: [0, 1] pixels, 3 channels,
+resized to its training size, ImageNet normalisation), whose weights and BatchNorm statistics stay fixed; small
+trainable heads read several of its stages (each: a 3x3 convolution, BatchNorm, LeakyReLU, a 1x1 convolution to
+one logit per position, averaged over positions) and their logits are summed. The real/fake decision is thus
+made in a feature space learned on real data, and only the heads learn.
+
+Simplified from the paper: no random cross-channel / cross-scale mixing layers, no differentiable augmentation,
+plain BatchNorm heads instead of spectrally normalised ones.
+
+The trunk's parameters enter through `stop_gradient`, so no weight gradient of the trunk is ever computed
+(gradients still flow through it to the image, for G's update); the trainer also excludes them from the
+optimiser. Load the weights with `load_trunk`.
+"""
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tlgan.models.dcgan import _batch_norm, dcgan_init
+from tlgan.models.layers import Conv
+from tlgan.models.resnet import ResNet
+from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+class ProjectedDiscriminator(nn.Module):
+  """images (N, H, W, C) in [-1, 1] -> logits (N,)."""
+  image_shape: Sequence[int] = (28, 28, 1)
+  features: int = 64  # each head's width
+  stages: Sequence[str] = ("layer1", "layer2", "layer3")
+  trunk_width: int = 64
+  trunk_stem: str = "imagenet"
+  trunk_size: int = 32  # the trunk's training resolution
+  conv_impl: str = "auto"
+  dtype: Any = None
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = (x.astype(jnp.float32) + 1.0) / 2.0
+    if x.shape[-1] == 1:
+      x = jnp.repeat(x, 3, axis=-1)
+    if x.shape[1:3] != (self.trunk_size, self.trunk_size):
+      x = jax.image.resize(x, (x.shape[0], self.trunk_size, self.trunk_size, 3), "linear", antialias=False)
+    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    frozen = nn.map_variables(ResNet, "params", trans_in_fn=jax.lax.stop_gradient, init=self.is_initializing(),
+                              mutable=self.is_initializing())
+    trunk = frozen(stage_sizes=(2, 2, 2, 2), num_classes=1, stem=self.trunk_stem, width=self.trunk_width,
+                         conv_impl=self.conv_impl, dtype=self.dtype, name="trunk")
+    feats = trunk(x, train=False, stages=tuple(self.stages))  # inference BatchNorm: the trunk never changes
+    logits = jnp.zeros((x.shape[0],), jnp.float32)
+    for name in self.stages:
+      h = Conv(self.features, (3, 3), (1, 1), (1, 1), use_bias=False, impl=self.conv_impl,
+               kernel_init=dcgan_init, dtype=self.dtype, name=f"head_{name}_conv")(feats[name])
+      h = nn.leaky_relu(_batch_norm(train, self.axis_name, self.dtype, name=f"head_{name}_bn")(h), 0.2)
+      h = Conv(1, (1, 1), (1, 1), (0, 0), use_bias=True, impl=self.conv_impl, kernel_init=dcgan_init,
+               dtype=self.dtype, name=f"head_{name}_out")(h)
+      logits = logits + jnp.mean(h.astype(jnp.float32), axis=(1, 2, 3))
+    return logits
+
+
+def trunk_labels(d_params):
+  """'frozen' for the trunk's parameters, 'train' for the heads (an optax.multi_transform labelling)."""
+  return {name: jax.tree.map(lambda _: "frozen" if name == "trunk" else "train", sub)
+          for name, sub in d_params.items()}
+
+
+def load_trunk(d_params, d_batch_stats, weights):
+  """(params, batch_stats) with the trunk replaced by `weights` (a tlgan weights file's variables, e.g. a
+  classifier trained on the source data); every trunk variable must be there with its shape."""
+  from tlgan import pretrained
+  fresh = {"params": d_params["trunk"], "batch_stats": d_batch_stats["trunk"]}
+  merged, _ = pretrained.merge_pretrained(fresh, weights, ())
+  merged = jax.tree.map(jnp.asarray, merged)
+  return {**d_params, "trunk": merged["params"]}, {**d_batch_stats, "trunk": merged["batch_stats"]}
