@@ -55,3 +55,28 @@ def jax_resnet18(batch_size: int, conv_impl: str) -> JaxStep:
   batch = {"image": jax.random.normal(jax.random.key(1), (batch_size, 32, 32, 3), jnp.float32),
            "label": jax.random.randint(jax.random.key(2), (batch_size,), 0, 10)}
   return JaxStep("ResNet18 32x32 (SGD momentum, wd)", clf.train_step, state, batch)
+
+
+def jax_projected_gan(batch_size: int, conv_impl: str) -> JaxStep:
+  """The DCGAN step with the projected discriminator (heads on a frozen ResNet18 up to layer3; random trunk
+  weights here: the time does not depend on them)."""
+  import os
+  import tempfile
+  from configs import gan as gan_config
+  from tlgan import pretrained
+  from tlgan.steps import gan as gan_step
+  from tlgan.trainers.gan import build_state
+  trunk = pretrained.model_for("resnet18", 10)
+  variables = trunk.init(jax.random.key(2), jnp.zeros((1, 32, 32, 3)), train=False)
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "trunk.msgpack")
+    pretrained.save(path, variables, {"arch": "resnet18", "stem": "imagenet", "image_size": "32"})
+    config = gan_config.get_config("projected")
+    config.model.d_trunk_weights = path
+    config.model.conv_impl = conv_impl
+    config.ema_decay = 0.0
+    config.eval.enabled = False
+    state = build_state(config, (28, 28, 1))
+  images = jax.random.uniform(jax.random.key(1), (batch_size, 28, 28, 1), jnp.float32, -1, 1)
+  return JaxStep("DCGAN G + projected D (frozen ResNet18 to layer3)", gan_step.train_step, state,
+                 {"image": images})

@@ -2,6 +2,7 @@
 
     python -m benchmarks.steps                      # tlgan only
     python -m benchmarks.steps --against-torch      # + the PyTorch reference, alternating A B A B
+    python -m benchmarks.steps --only=dcgan,projected --batch_size=64   # the projected discriminator's cost
 
 Steps (float32, batch 128 by default):
   * DCGAN 28x28: one D update and one G update with Adam (2e-4, betas 0.5/0.999), non-saturating BCE loss;
@@ -32,7 +33,7 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 
-from benchmarks.jax_steps import JaxStep, jax_dcgan, jax_resnet18
+from benchmarks.jax_steps import JaxStep, jax_dcgan, jax_projected_gan, jax_resnet18
 
 flags.DEFINE_bool("against_torch", False, "Also run the PyTorch eager reference (needs the [torch] extra).")
 flags.DEFINE_integer("batch_size", 128, "Batch size of both steps.")
@@ -89,7 +90,8 @@ def measure(jax_step: JaxStep, torch_step, rounds: int, per_round: int):
 def main(_):
   if FLAGS.against_torch:
     threads = torch_reference.torch.get_num_threads()
-  builders = {"dcgan": (jax_dcgan, "TorchDCGAN"), "resnet18": (jax_resnet18, "TorchResNet18")}
+  builders = {"dcgan": (jax_dcgan, "TorchDCGAN"), "resnet18": (jax_resnet18, "TorchResNet18"),
+              "projected": (jax_projected_gan, None)}  # no PyTorch reference for the projected D
   unknown = set(FLAGS.only) - set(builders)
   if unknown:
     raise app.UsageError(f"--only takes {sorted(builders)}, got {sorted(unknown)}")
@@ -102,7 +104,7 @@ def main(_):
   for name in FLAGS.only:
     make_jax, make_torch = builders[name]
     js = make_jax(FLAGS.batch_size, FLAGS.conv_impl)
-    ts = getattr(torch_reference, make_torch)(FLAGS.batch_size) if FLAGS.against_torch else None
+    ts = getattr(torch_reference, make_torch)(FLAGS.batch_size) if FLAGS.against_torch and make_torch else None
     jax_times, torch_times, ratios = measure(js, ts, FLAGS.rounds, FLAGS.steps_per_round)
     for who, times, compile_s in (("tlgan (JAX, %s convs)" % FLAGS.conv_impl, jax_times, f"{js.compile_s:.1f}"),
                                   ("PyTorch eager", torch_times, "-")):
