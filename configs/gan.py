@@ -38,6 +38,8 @@ def get_config(arg=None):
   config.model.discriminator = "dcgan"  # or 'projected': trainable heads on a frozen pretrained ResNet18
   config.model.d_trunk_weights = "runs/fashion_resnet18/model.msgpack"  # 'projected' only: a classifier run's
   config.model.d_trunk_stages = ("layer1", "layer2", "layer3")  # 'projected' only: the stages with heads
+  config.model.d_trunk_size = 0  # 'projected' only: images are resized to this for the trunk (0: the size
+  # it was trained at, from its weights file, e.g. 32; ImageNet weights: e.g. 64 or more)
   config.model.conv_impl = "auto"  # 'auto': GEMM formulations on CPU, XLA's convolutions elsewhere
   config.model.dtype = "float32"
 

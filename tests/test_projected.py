@@ -88,7 +88,7 @@ def test_trunk_is_the_weights_file_and_stays_frozen_while_heads_and_g_learn(tmp_
   assert 2 * heads <= sum(np.size(v) for v in jax.tree.leaves(state.d_opt_state)) <= 2 * heads + 8
 
 
-def test_trunk_errors(tmp_path):
+def test_trunk_config_and_errors(tmp_path):
   with pytest.raises(ConfigError, match="does not exist: train the trunk first"):
     gan_trainer.build_state(projected_config(tmp_path / "none.msgpack"), (28, 28, 1))
   make_trunk(tmp_path / "trunk.msgpack")
@@ -100,6 +100,9 @@ def test_trunk_errors(tmp_path):
   config.transfer.freeze_d_layers = 1
   with pytest.raises(ConfigError, match="frozen already"):
     gan_trainer.build_state(config, (28, 28, 1))
+  config = projected_config(tmp_path / "trunk.msgpack")
+  config.model.d_trunk_size = 40  # e.g. for ImageNet weights
+  assert gan_trainer.build_state(config, (28, 28, 1)).discriminator.trunk_size == 40
   config = projected_config(tmp_path / "trunk.msgpack")
   config.model.d_trunk_stages = ("layer1", "layer9")
   with pytest.raises(ConfigError, match="unknown stages"):

@@ -97,7 +97,7 @@ def read_trunk(config):
     raise ConfigError(f"model.d_trunk_weights={path} is the FD feature network itself ({metric}): the "
                       "discriminator would be trained on the metric's features; use another trunk")
   info = {"width": int(variables["params"]["conv1"]["kernel"].shape[-1]), "stem": meta.get("stem", "imagenet"),
-          "image_size": int(meta.get("image_size", 32))}
+          "image_size": int(m.d_trunk_size or meta.get("image_size", 32))}
   return variables, info
 
 
