@@ -61,8 +61,9 @@ def save_image_grid(path: str, images: np.ndarray, upscale: int = 2) -> None:
   atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
-def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str], title: str = "") -> None:
-  """Line plots of `keys` over `history` (dicts with a 'step'), one panel per key."""
+def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str], title: str = "",
+                log_keys: Iterable[str] = ()) -> None:
+  """Line plots of `keys` over `history` (dicts with a 'step'), one panel per key; `log_keys` on a log axis."""
   if not is_writer() or not history:
     return
   import matplotlib
@@ -74,6 +75,8 @@ def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str],
     rows = [row for row in history if key in row]
     ax.plot([row["step"] for row in rows], [row[key] for row in rows])
     ax.set_title(key)
+    if key in log_keys:
+      ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
   if title:

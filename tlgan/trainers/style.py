@@ -190,7 +190,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
              for s in smoothings for r in runs[s]["history"]]
   reporting.plot_curves(os.path.join(workdir, "loss_curve.png"), history,
                         [f"{k} ({s})" for k in ("style", "content") for s in smoothings],
-                        title=f"style transfer, {description}")
+                        title=f"style transfer, {description}; sizes {sizes} (the curves jump at each new size)",
+                        log_keys=[f"style ({s})" for s in smoothings])
   summary = {
       "experiment": "style",
       "content": config.content, "style": config.style, "features": description,
