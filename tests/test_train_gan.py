@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import types
 
 import jax
 import numpy as np
@@ -142,6 +143,34 @@ def test_sample_export_round_trips(finished_run, tmp_path):
                            f"--output={tmp_path}/none.npz"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == "error: --num must be positive, got 0"
   assert not os.path.exists(tmp_path / "none.npz")
+
+
+def test_evaluate_in_another_feature_space(finished_run, tmp_path):
+  """experiments.evaluate's core: the run's samples in a second network's space, named after it, with FD equal
+  to the Frechet distance of that network's features of the same samples, computed here from scratch."""
+  from tlgan import evaluation, feature_networks, pretrained
+  from tlgan.trainers import export, gan_eval
+  config, workdir, _ = finished_run
+  model = pretrained.model_for("resnet18", 10, stem="cifar", width=8)
+  variables = model.init(jax.random.key(5), np.zeros((1, 32, 32, 3), np.float32), train=False)
+  path = str(tmp_path / "other.msgpack")
+  pretrained.save(path, variables, {"arch": "resnet18", "stem": "cifar", "image_size": "32"})
+  with tfds.testing.mock_data(num_examples=64):
+    result = export.evaluate_run(workdir, path, 40)
+    test_images, _ = gan_trainer.data.load_split("fashion_mnist", "test", manual_dir="/nonexistent")
+  assert result["network"] == "resnet18-cifarstem-w8-fashion_mnist" and result["step"] == 4
+  net = feature_networks.domain_resnet(path, "fashion_mnist")
+  state, _ = final_state(config, workdir)
+  run_config = export.load_run_config(workdir)
+  run_config.eval.feature_weights = path
+  sampler = types.SimpleNamespace(config=run_config, _sample=jax.jit(gan_trainer.gan_step.sample))
+  fake, _ = net(gan_eval.GANEvaluator.samples(sampler, state, 40))  # the evaluator's fixed latents
+  real, _ = net(test_images.astype(np.float32) / 127.5 - 1.0)
+  f64 = lambda x: (x.astype(np.float64).mean(0), np.cov(x.astype(np.float64), rowvar=False))
+  expected = evaluation.frechet_distance(*f64(fake), *f64(real))
+  assert result["generated"]["FD[resnet18-cifarstem-w8-fashion_mnist]"] == pytest.approx(expected, rel=1e-3)
+  with pytest.raises(export.UserError, match="does not exist"):
+    export.evaluate_run(workdir, str(tmp_path / "none.msgpack"), 10)
 
 
 def test_freeze_d_keeps_the_lowest_blocks_fixed():

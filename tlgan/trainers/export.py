@@ -26,9 +26,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
   return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def export_samples(workdir: str, num: int, output: str, seed: int = 0, batch_size: int = 500) -> str:
-  if num <= 0:
-    raise UserError(f"--num must be positive, got {num}")
+def restore_run(workdir: str):
+  """(config, state, step) of a GAN run's latest checkpoint, with the config saved in the run."""
   from tlgan.trainers.gan import build_state
   config = load_run_config(workdir)
   if config.experiment != "gan":
@@ -38,6 +37,34 @@ def export_samples(workdir: str, num: int, output: str, seed: int = 0, batch_siz
   state, step = checkpointer.restore_latest(state)
   if step is None:
     raise UserError(f"{workdir} has no checkpoint yet: train first")
+  return config, state, step
+
+
+def evaluate_run(workdir: str, feature_weights: str, num: int) -> dict:
+  """FD, KID (and IS) of a finished GAN run's samples in the space of another feature network (a tlgan
+  ResNet weights file trained on the run's dataset), with the floor of real training images."""
+  from tlgan.trainers import gan_eval
+  if num <= 0:
+    raise UserError(f"--num must be positive, got {num}")
+  if not os.path.isfile(feature_weights):
+    raise UserError(f"feature network {feature_weights} does not exist: train one with configs/transfer.py")
+  config, state, step = restore_run(workdir)
+  config.eval.feature_weights = feature_weights
+  config.eval.inception_weights = ""
+  kwargs = dict(data_dir=config.data.data_dir or None, manual_dir=config.data.manual_dir or None,
+                download=config.data.download)
+  test_images, _ = data.load_split(config.data.name, config.eval.split, **kwargs)
+  train_images, _ = data.load_split(config.data.name, config.data.split, **kwargs)
+  evaluator = gan_eval.GANEvaluator(config, test_images)
+  return {"workdir": workdir, "step": step, "network": evaluator.main_net.name, "weights": feature_weights,
+          "num_samples": num, "generated": evaluator(state, num, config.eval.kid_subsets),
+          "floor_train_vs_reference": evaluator.floor(train_images)}
+
+
+def export_samples(workdir: str, num: int, output: str, seed: int = 0, batch_size: int = 500) -> str:
+  if num <= 0:
+    raise UserError(f"--num must be positive, got {num}")
+  config, state, step = restore_run(workdir)
   sample = jax.jit(gan_step.sample)
   z = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
   images = np.concatenate([to_uint8(sample(state, z[i:i + batch_size])) for i in range(0, num, batch_size)])
