@@ -14,11 +14,28 @@ from tlgan.steps import gan as gan_step
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config saved by a run; for GAN runs laid over today's defaults, so that runs saved before a field
+  existed (e.g. model.discriminator) read as they ran: with that field's default."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"{workdir} has no config.json: is it the workdir of a tlgan run?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  if saved.get("experiment") != "gan":
+    return ml_collections.ConfigDict(saved)
+  from configs import gan
+  config = gan.get_config()
+
+  def overlay(target, values):
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(target.get(key), ml_collections.ConfigDict):
+        overlay(target[key], value)
+      else:
+        with target.ignore_type():
+          target[key] = value
+
+  overlay(config, saved)
+  return config
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
