@@ -203,3 +203,16 @@ def test_init_from_another_run_takes_g_and_d_but_fresh_optimisers(finished_run):
   from tlgan import data
   images, labels = data.load_split("digits28", "train")
   assert images.shape == (1258, 28, 28, 1) and images.dtype == np.uint8 and len(labels) == 1258
+
+
+def test_old_run_config_reads_with_todays_defaults(tmp_path):
+  """A GAN run saved before a field existed loads with that field's default and its own saved values."""
+  from configs import gan
+  from tlgan.trainers import export
+  saved = gan.get_config().to_dict()
+  del saved["model"]["discriminator"]
+  saved["model"]["d_features"], saved["model"]["d_trunk_stages"] = 32, ["layer1"]  # JSON gives lists
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = export.load_run_config(str(tmp_path))
+  assert config.model.discriminator == "dcgan" and config.model.d_features == 32
+  assert list(config.model.d_trunk_stages) == ["layer1"]
