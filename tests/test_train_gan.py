@@ -158,7 +158,7 @@ def test_evaluate_in_another_feature_space(finished_run, tmp_path):
   with tfds.testing.mock_data(num_examples=64):
     result = export.evaluate_run(workdir, path, 40)
     test_images, _ = gan_trainer.data.load_split("fashion_mnist", "test", manual_dir="/nonexistent")
-  assert result["network"] == "resnet18-cifarstem-w8-fashion_mnist" and result["step"] == 4
+  assert result["network"] == "resnet18-cifarstem-fashion_mnist" and result["step"] == 4
   net = feature_networks.domain_resnet(path, "fashion_mnist")
   state, _ = final_state(config, workdir)
   run_config = export.load_run_config(workdir)
@@ -168,7 +168,7 @@ def test_evaluate_in_another_feature_space(finished_run, tmp_path):
   real, _ = net(test_images.astype(np.float32) / 127.5 - 1.0)
   f64 = lambda x: (x.astype(np.float64).mean(0), np.cov(x.astype(np.float64), rowvar=False))
   expected = evaluation.frechet_distance(*f64(fake), *f64(real))
-  assert result["generated"]["FD[resnet18-cifarstem-w8-fashion_mnist]"] == pytest.approx(expected, rel=1e-3)
+  assert result["generated"]["FD[resnet18-cifarstem-fashion_mnist]"] == pytest.approx(expected, rel=1e-3)
   with pytest.raises(export.UserError, match="does not exist"):
     export.evaluate_run(workdir, str(tmp_path / "none.msgpack"), 10)
 

@@ -74,8 +74,9 @@ def domain_resnet(weights_path: str, dataset: str) -> FeatureNetwork:
     feats = feats * (feats.shape[-1] ** 0.5 / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-6))
     return feats, logits
 
-  # Networks other than the default (ImageNet stem, width 64) say so in their name: FD[resnet18-cifarstem-w32-...]
-  variant = ("" if stem == "imagenet" else f"-{stem}stem") + ("" if width == 64 else f"-w{width}")
+  # A network with another stem says so in its name (FD[resnet18-cifarstem-fashion_mnist]); the weights' hash
+  # tells networks of one name apart (summary.json lists it, and it keys the cached reference features).
+  variant = "" if stem == "imagenet" else f"-{stem}stem"
   return FeatureNetwork(name=f"{meta.get('arch', 'resnet18')}{variant}-{dataset}",
                         weights_sha256=pretrained.sha256_of(weights_path),
                         dim=int(variables["params"]["fc"]["kernel"].shape[0]), apply=apply)
