@@ -25,6 +25,7 @@ from tlgan.models.layers import Conv
 from tlgan.models.resnet import ResNet
 from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
+
 class ProjectedDiscriminator(nn.Module):
   """images (N, H, W, C) in [-1, 1] -> logits (N,)."""
   image_shape: Sequence[int] = (28, 28, 1)
@@ -48,7 +49,7 @@ class ProjectedDiscriminator(nn.Module):
     frozen = nn.map_variables(ResNet, "params", trans_in_fn=jax.lax.stop_gradient, init=self.is_initializing(),
                               mutable=self.is_initializing())
     trunk = frozen(stage_sizes=(2, 2, 2, 2), num_classes=1, stem=self.trunk_stem, width=self.trunk_width,
-                         conv_impl=self.conv_impl, dtype=self.dtype, name="trunk")
+                   conv_impl=self.conv_impl, dtype=self.dtype, name="trunk")
     feats = trunk(x, train=False, stages=tuple(self.stages))  # inference BatchNorm: the trunk never changes
     logits = jnp.zeros((x.shape[0],), jnp.float32)
     for name in self.stages:

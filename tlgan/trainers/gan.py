@@ -47,7 +47,7 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
     discriminator = ProjectedDiscriminator(
         features=m.d_features, stages=tuple(m.d_trunk_stages), trunk_width=trunk_meta["width"],
         trunk_stem=trunk_meta["stem"], trunk_size=trunk_meta["image_size"], **kwargs)
-    d_tx = optax.multi_transform({"train": d_tx, "frozen": optax.set_to_zero()}, trunk_labels)
+    d_tx = frozen_where(d_tx, trunk_labels)
   elif m.discriminator == "dcgan":
     discriminator = Discriminator(features=m.d_features, **kwargs)
   else:
@@ -61,8 +61,7 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
     if not 0 < frozen <= num_blocks:
       raise ConfigError(f"transfer.freeze_d_layers={frozen}, but D has {num_blocks} convolution blocks: "
                         f"use 1..{num_blocks} (or 0: nothing frozen)")
-    d_tx = optax.multi_transform({"train": d_tx, "frozen": optax.set_to_zero()},
-                                 lambda params: frozen_d_labels(params, frozen))
+    d_tx = frozen_where(d_tx, lambda params: frozen_d_labels(params, frozen))
   init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
   try:
     state = gan_step.init_state(init_key, generator, discriminator, g_tx, d_tx, image_shape=tuple(image_shape),
@@ -99,6 +98,11 @@ def read_trunk(config):
   info = {"width": int(variables["params"]["conv1"]["kernel"].shape[-1]), "stem": meta.get("stem", "imagenet"),
           "image_size": int(m.d_trunk_size or meta.get("image_size", 32))}
   return variables, info
+
+
+def frozen_where(tx: optax.GradientTransformation, labels) -> optax.GradientTransformation:
+  """`tx` for parameters labelled 'train', no update (and no optimiser state) for those labelled 'frozen'."""
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def frozen_d_labels(d_params, num_frozen: int):
