@@ -4,8 +4,8 @@
 
 Trains `benchmarks.torch_reference.TorchDCGAN` (pytorch/examples' DCGAN, 28x28) on Fashion-MNIST (the same
 offline data and batch size as the default `configs/gan.py` run) for `--minutes` of training, then scores 10,000
-samples with the default run's final metric (FD and KID in the resnet18-fashion_mnist feature space, the same
-weights and reference features) and writes summary.json and samples.png. The default tlgan run's own
+samples (quantised to uint8, as every sample tlgan scores) with the default run's final metrics (the shipped
+Fashion-MNIST metric network, the same reference) and writes summary.json and samples.png. The default tlgan run's own
 summary.json holds the numbers to compare with.
 """
 
@@ -31,6 +31,7 @@ def main(_):
   torch = torch_reference.torch
   from configs import gan as gan_config
   from tlgan import data, reporting
+  from tlgan.feature_networks import to_uint8
   from tlgan.trainers.gan_eval import GANEvaluator
   config = gan_config.get_config()
   config.batch_size = FLAGS.batch_size
@@ -57,17 +58,19 @@ def main(_):
 
   evaluator = GANEvaluator(config, test_images)
   summary = {"steps": step, "train_seconds": train_s, "images_per_second": step * FLAGS.batch_size / train_s,
-             "batch_size": FLAGS.batch_size, "torch_threads": torch.get_num_threads()}
+             "batch_size": FLAGS.batch_size, "torch_threads": torch.get_num_threads(),
+             "machine": reporting.machine(), **evaluator.scorer.describe()}
   torch.manual_seed(FLAGS.seed + 1)
   z = torch.randn(FLAGS.num_samples, 100, 1, 1)
   for mode in ("eval", "train"):  # running BatchNorm statistics (as tlgan samples), or batch statistics
     gan.g.train(mode == "train")
     with torch.no_grad():
       samples = torch.cat([gan.g(z[i:i + 500]) for i in range(0, len(z), 500)]).numpy().transpose(0, 2, 3, 1)
-    result = evaluator.compare(samples, config.eval.kid_subsets)
+    result = evaluator.scorer(to_uint8(samples), config.eval.kid_subsets)
     summary.update({f"{k} ({mode}-mode G)": v for k, v in result.items()})
     if mode == "eval":
       reporting.save_image_grid(os.path.join(FLAGS.workdir, "samples.png"), samples[:64])
+      np.savez(os.path.join(FLAGS.workdir, "samples.npz"), images=to_uint8(samples))  # for experiments.evaluate
   reporting.write_json(os.path.join(FLAGS.workdir, "summary.json"), summary)
   print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()))
 

@@ -3,8 +3,10 @@
     python -m experiments.main --config=configs/gan.py --workdir=runs/gan
 
 Variants, comma-separated after a colon (later ones win where they overlap):
-    configs/gan.py:mnist      MNIST (TFDS download, or --config.data.manual_dir with its IDX files)
-    configs/gan.py:cifar10    CIFAR-10, 32x32x3 (TFDS download)
+    configs/gan.py:mnist      MNIST (TFDS download, or --config.data.manual_dir with its IDX files); FID as for cifar10
+    configs/gan.py:cifar10    CIFAR-10, 32x32x3 (TFDS download); FID in pytorch-fid's Inception-v3, converted first:
+                              python -m tlgan.pretrained --arch=inception_v3_fid --output=weights/pt_inception.msgpack
+    configs/gan.py:cifar10,fid50k  the literature's protocol: 50,000 samples against the 50,000 training images
     configs/gan.py:digits     scikit-learn's digits at 28x28 (offline, 1,258 images: a small target domain)
     configs/gan.py:projected  D = heads on a frozen ResNet18 trained on Fashion-MNIST (Projected-GAN-like);
                               first: python -m experiments.main --config=configs/transfer.py:fashion_pretrain
@@ -55,8 +57,9 @@ def get_config(arg=None):
   config.b2 = 0.999
   config.ema_decay = 0.999  # EMA of G's weights for samples and evaluation; 0 disables
 
-  # Sample quality: FD and KID in the space of a ResNet18 trained on the dataset by tlgan's classifier
-  # trainer (reported as FD[resnet18-<dataset>]). Without weights it is trained once into the cache.
+  # Sample quality: FD, KID, precision/recall, density/coverage in the space of the metric network tlgan ships
+  # for the dataset (FD[resnet18w16-fashion_mnist], pinned by sha256: the same number on any machine), of uint8
+  # samples against the real reference split. The best checkpoint by FD is kept besides the last ones.
   config.eval = ml_collections.ConfigDict()
   config.eval.enabled = True
   config.eval.every = 800  # steps
@@ -65,11 +68,12 @@ def get_config(arg=None):
   config.eval.split = "test"  # the real reference
   config.eval.kid_subsets = 100
   config.eval.kid_subset_size = 1000
-  config.eval.feature_weights = ""  # '' = <cache_dir>/feature_nets/resnet18-<dataset>/model.msgpack
-  config.eval.feature_train_epochs = 1.0  # when the feature network has to be trained first (~2.5 min)
-  config.eval.feature_width = 64
+  config.eval.prdc_k = 3  # k of precision/recall/density/coverage (0: off)
+  config.eval.prdc_num = 10000  # at most this many samples (and reference images) for them
+  config.eval.domain_network = True  # the dataset's metric network (shipped, or feature_weights)
+  config.eval.feature_weights = ""  # '' = the shipped metric network; else a tlgan ResNet weights file
   config.eval.inception_weights = ""  # converted pytorch-fid weights: adds FD[inception_v3_fid] (slow on CPU)
-  config.eval.cache_dir = "~/.cache/tlgan"
+  config.eval.cache_dir = "~/.cache/tlgan"  # cached reference features
 
   # GAN transfer: start from another run's G and D (e.g. Fashion-MNIST -> digits28) and optionally freeze D's
   # lowest blocks (FreezeD, Mo et al. 2020).
@@ -85,13 +89,20 @@ def get_config(arg=None):
   config.inject_nan_at_step = 0  # test hook: > 0 poisons that step's batch with NaN (the run must stop)
 
   for variant in filter(None, (arg or "").split(",")):
-    if variant == "mnist":
+    if variant == "mnist":  # no shipped metric network: FID in pytorch-fid's Inception-v3 (as for cifar10)
       config.data.name = "mnist"
       config.data.manual_dir = ""
-    elif variant == "cifar10":
+      config.eval.domain_network = False
+      config.eval.inception_weights = "weights/pt_inception.msgpack"
+    elif variant == "cifar10":  # no shipped metric network: FID in pytorch-fid's Inception-v3
       config.data.name = "cifar10"
       config.num_steps = 5000
       config.batch_size = 128
+      config.eval.domain_network = False
+      config.eval.inception_weights = "weights/pt_inception.msgpack"
+    elif variant == "fid50k":  # the CIFAR-10 literature's FID: 50k samples vs the whole training split
+      config.eval.split = "train"
+      config.eval.final_num_samples = 50000  # (precision/recall: on 10,000 of them, eval.prdc_num)
     elif variant == "digits":  # a limited-data target: scikit-learn's 1,258 training digits at 28x28
       config.data.name = "digits28"
       config.num_steps = 1000
@@ -101,7 +112,6 @@ def get_config(arg=None):
       config.eval.num_samples = 1000
       config.eval.final_num_samples = 2000
       config.eval.kid_subset_size = 200  # the reference is the 539 test digits
-      config.eval.feature_train_epochs = 30.0  # resnet18-digits28: 300 steps on the training digits
     elif variant == "projected":
       config.model.discriminator = "projected"
     elif variant == "smoke":
@@ -120,8 +130,6 @@ def get_config(arg=None):
       config.eval.final_num_samples = 32
       config.eval.kid_subsets = 3
       config.eval.kid_subset_size = 8
-      config.eval.feature_train_epochs = 1.0
-      config.eval.feature_width = 8
     else:
-      raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist, cifar10, digits or projected")
+      raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist, cifar10, fid50k, digits or projected")
   return config

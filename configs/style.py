@@ -6,8 +6,8 @@
 
 Features: ImageNet ResNet18 from `weights` when that file exists (convert it first with
 `python -m tlgan.pretrained --arch=resnet18 --output=weights/resnet18.msgpack`), with SWAG smoothing. Offline
-(the fallback): tlgan's ResNet18 trained on Fashion-MNIST (the GAN's FD network, from the cache; trained there
-once, ~2.5 minutes, when missing) applied to each colour channel, with plain Gram matrices. `features='imagenet'`
+(the fallback): tlgan's ResNet18 trained on Fashion-MNIST (the metric network tlgan ships for the GAN's FD)
+applied to each colour channel, with plain Gram matrices. `features='imagenet'`
 insists on the weights; `features='random'` is the ablation (random weights: coloured noise, not style).
 Variants: configs/style.py:adam (Adam instead of L-BFGS), configs/style.py:smoke (tests).
 """
@@ -24,7 +24,6 @@ def get_config(arg=None):
   config.image_size = 256  # longer side, pixels
   config.features = "auto"  # 'auto': imagenet when `weights` exists, else 'fashion_mnist'; or 'random'
   config.weights = "weights/resnet18.msgpack"
-  config.cache_dir = "~/.cache/tlgan"  # where the fashion_mnist feature network lives (shared with the GAN's FD)
   config.smoothing = "auto"  # 'swag' (Wang et al. 2021), 'none' (plain Gram); auto: swag for imagenet features
   config.compare_smoothing = True  # also run the other smoothing, shown side by side
   config.content_layers = ("layer2",)

@@ -1,9 +1,11 @@
 """Export samples of a trained GAN for outside tools: uint8 images (N, H, W, C) under the key 'images'.
 
-    python -m experiments.sample --workdir=runs/gan --num=10000 --output=samples.npz
+    python -m experiments.sample --workdir=runs/gan --num=10000 --output=samples.npz [--which=best]
 
-Uses the workdir's latest checkpoint and the config saved with it, the EMA generator when the run had one,
-and a fixed seed (--seed) for the latents.
+Uses the workdir's latest (or best-FD) checkpoint and the config saved with it, and the EMA generator when
+the run had one. By default the latents are the run's own evaluation latents, so that
+`python -m experiments.evaluate --samples=samples.npz --dataset=...` reproduces the run's summary.json numbers
+(same checkpoint and count); --seed draws other latents.
 """
 
 import os
@@ -16,8 +18,9 @@ from absl import app, flags
 flags.DEFINE_string("workdir", None, "A GAN run's workdir.")
 flags.DEFINE_integer("num", 10000, "How many samples.")
 flags.DEFINE_string("output", "samples.npz", "Where to write the .npz.")
-flags.DEFINE_integer("seed", 0, "Seed of the latents.")
+flags.DEFINE_integer("seed", None, "Seed of other latents (default: the run's evaluation latents).")
 flags.DEFINE_integer("batch_size", 500, "Samples generated per call.")
+flags.DEFINE_enum("which", "latest", ["latest", "best"], "The latest checkpoint, or the one with the best FD.")
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -28,7 +31,7 @@ def main(argv):
   from tlgan.trainers import export
   try:
     path = export.export_samples(FLAGS.workdir, FLAGS.num, FLAGS.output, seed=FLAGS.seed,
-                                 batch_size=FLAGS.batch_size)
+                                 batch_size=FLAGS.batch_size, which=FLAGS.which)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

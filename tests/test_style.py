@@ -109,24 +109,23 @@ def test_cli_writes_stylized_side_by_side_and_curve(tmp_path):
 
 
 def test_offline_features_are_the_fashion_network_per_channel(tmp_path, images):
-  """features='fashion_mnist' loads the domain network from the cache (a tiny stand-in here) and runs it per
-  colour channel; 'imagenet' without weights is a one-line error."""
+  """features='fashion_mnist' loads the shipped Fashion-MNIST metric network and runs it per colour channel;
+  'imagenet' without weights is a one-line error."""
   from configs import style as style_config
   from tlgan import feature_networks, pretrained
   from tlgan.trainers import style as trainer
-  model = pretrained.model_for("resnet18", 10, width=8)
-  variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
-  path = feature_networks.default_weights_path(str(tmp_path), "fashion_mnist")
-  os.makedirs(os.path.dirname(path))
-  pretrained.save(path, variables, {"arch": "resnet18", "stem": "imagenet", "image_size": "32"})
+  variables, meta = pretrained.load(feature_networks.shipped_weights("fashion_mnist"))
+  width = variables["params"]["conv1"]["kernel"].shape[-1]
+  model = pretrained.model_for("resnet18", 10, width=width, stem=meta["stem"])
   config = style_config.get_config("smoke")
-  config.features, config.cache_dir = "fashion_mnist", str(tmp_path)
+  config.features = "fashion_mnist"
   content, style_image = images
   features, description, kind = trainer.feature_network(config, content, style_image)
   assert kind == "fashion_mnist" and "per colour channel" in description
   out = features(jnp.asarray(content)[None])
   direct = style.resnet_features(model, variables)(jnp.repeat(jnp.asarray(content)[None, ..., 1:2], 3, -1))
-  np.testing.assert_allclose(out["layer1"][..., 8:16], direct["layer1"], rtol=1e-5, atol=1e-6)  # green
+  green = out["layer1"][..., width:2 * width]  # layer1 has `width` channels per colour channel
+  np.testing.assert_allclose(green, direct["layer1"], rtol=1e-5, atol=1e-5)
   config.features, config.weights = "imagenet", str(tmp_path / "missing.msgpack")
   with pytest.raises(UserError, match="needs .*missing.msgpack: convert it with python -m tlgan.pretrained"):
     trainer.feature_network(config, content, style_image)

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import types
 
 import jax
 import numpy as np
@@ -25,7 +24,7 @@ def smoke(num_steps=4, **overrides):
   config = gan.get_config("smoke")
   config.num_steps = num_steps
   config.data.manual_dir = "/nonexistent"  # mock data only, even where the Debian files exist
-  config.eval.cache_dir = CACHE_DIR  # the tiny feature network is trained once per test session
+  config.eval.cache_dir = CACHE_DIR  # reference features of the mock data: not in the user's cache
   return override(config, **overrides)
 
 
@@ -55,10 +54,14 @@ def test_run_writes_checkpoint_png_and_summary(finished_run):
     assert json.load(f) == summary
   assert all(np.isfinite(v) for v in summary["final_metrics"].values())
   final = summary["final_eval"]
-  assert list(final["networks"]) == ["resnet18-fashion_mnist"] and final["num_samples"] == 32
-  fd = final["generated"]["FD[resnet18-fashion_mnist]"]
-  assert np.isfinite(fd) and fd > final["floor_train_vs_reference"]["FD[resnet18-fashion_mnist]"]
-  assert "FD[resnet18-fashion_mnist]" in summary["final_metrics"]  # logged during training too
+  from tlgan.feature_networks import SHIPPED
+  name, sha256 = SHIPPED["fashion_mnist"]
+  assert final["networks"] == {name: sha256} and final["num_samples"] == 32  # the shipped network, by its hash
+  assert final["reference"] == "fashion_mnist[test] (64 images)"
+  fd = final["generated"][f"FD[{name}]"]
+  assert np.isfinite(fd) and fd > final["floor_train_vs_reference"][f"FD[{name}]"]
+  assert f"FD[{name}]" in summary["final_metrics"] and f"precision[{name}]" in summary["final_metrics"]
+  assert summary["machine"]["cpu"] and summary["machine"]["backend"] == "cpu"
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
   for png in ("samples.png", "losses.png", "fd.png", "samples/step_000002.png", "samples/step_000004.png"):
     with open(os.path.join(workdir, png), "rb") as f:
@@ -137,8 +140,14 @@ def test_sample_export_round_trips(finished_run, tmp_path):
   # The same latents through the restored EMA generator, by hand: the file holds exactly those images.
   state, _ = final_state(config, workdir)
   z = jax.random.normal(jax.random.key(3), (10, config.model.latent_dim))
+  from tlgan.feature_networks import to_uint8
   from tlgan.steps.gan import sample
-  np.testing.assert_array_equal(images, export.to_uint8(sample(state, z)))
+  np.testing.assert_array_equal(images, to_uint8(sample(state, z)))
+  # Without a seed: the run's evaluation latents (those its summary.json numbers were computed on).
+  export.export_samples(workdir, 10, out, batch_size=4)
+  with np.load(out) as f:
+    z = jax.random.normal(jax.random.fold_in(jax.random.key(config.seed), 0xE7A1), (10, config.model.latent_dim))
+    np.testing.assert_array_equal(f["images"], to_uint8(sample(state, z)))
   result = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={workdir}", "--num=0",
                            f"--output={tmp_path}/none.npz"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == "error: --num must be positive, got 0"
@@ -158,17 +167,17 @@ def test_evaluate_in_another_feature_space(finished_run, tmp_path):
   with tfds.testing.mock_data(num_examples=64):
     result = export.evaluate_run(workdir, path, 40)
     test_images, _ = gan_trainer.data.load_split("fashion_mnist", "test", manual_dir="/nonexistent")
-  assert result["network"] == "resnet18-cifarstem-fashion_mnist" and result["step"] == 4
+  # not a shipped network: its name says its shape and carries its weights' hash
+  name = f"resnet18w8-cifarstem-fashion_mnist@{pretrained.sha256_of(path)[:8]}"
+  assert result["network"] == name and result["step"] == 4 and result["networks"] == {name: pretrained.sha256_of(path)}
   net = feature_networks.domain_resnet(path, "fashion_mnist")
   state, _ = final_state(config, workdir)
-  run_config = export.load_run_config(workdir)
-  run_config.eval.feature_weights = path
-  sampler = types.SimpleNamespace(config=run_config, _sample=jax.jit(gan_trainer.gan_step.sample))
-  fake, _ = net(gan_eval.GANEvaluator.samples(sampler, state, 40))  # the evaluator's fixed latents
-  real, _ = net(test_images.astype(np.float32) / 127.5 - 1.0)
+  # the evaluator's fixed latents, quantised to uint8 like real images
+  fake, _ = net(gan_eval.generate_uint8(state, gan_eval.eval_latents(config.seed, 40, config.model.latent_dim)))
+  real, _ = net(test_images)
   f64 = lambda x: (x.astype(np.float64).mean(0), np.cov(x.astype(np.float64), rowvar=False))
   expected = evaluation.frechet_distance(*f64(fake), *f64(real))
-  assert result["generated"]["FD[resnet18-cifarstem-fashion_mnist]"] == pytest.approx(expected, rel=1e-3)
+  assert result["generated"][f"FD[{name}]"] == pytest.approx(expected, rel=1e-6)
   with pytest.raises(export.UserError, match="does not exist"):
     export.evaluate_run(workdir, str(tmp_path / "none.msgpack"), 10)
 

@@ -8,6 +8,11 @@ files) is reported with its step and skipped in favour of the one before it; whe
 again, the damaged folder is moved to `<directory>_damaged/` first. Orbax writes each checkpoint to a
 temporary folder and renames it when complete, so a write killed halfway never looks finished (and the
 leftover folder is removed by the next save of that step).
+
+With `best_metric` (e.g. 'fd', lower is better), checkpoints saved with that metric compete: besides the
+last `max_to_keep`, the best one is kept (Orbax's preservation policies: LatestN or BestN), and
+`restore(state, which='best')` reads it. The metric is stored by Orbax with the checkpoint, so a resumed run
+keeps comparing against the best of the runs before it.
 """
 
 import logging
@@ -35,6 +40,16 @@ def _first_line(e: Exception, limit: int = 300) -> str:
   return (text[0] if text else "")[:limit]
 
 
+class _NoMetricsNoise(logging.Filter):
+  """Orbax warns at every save without metrics when a best metric is tracked; most saves have none."""
+
+  def filter(self, record):
+    return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsNoise())
+
+
 class _SlowFinalizeJson(ocp.JsonCheckpointHandler):
   """Test hook: holds a finished write in its temporary folder for $TLGAN_TEST_CHECKPOINT_DELAY_S seconds
   before Orbax commits it, so that tests can kill the process in the middle of a checkpoint write."""
@@ -47,10 +62,12 @@ class _SlowFinalizeJson(ocp.JsonCheckpointHandler):
 class Checkpointer:
   """Saves and restores `state` (any flax struct / pytree) under `directory`."""
 
-  def __init__(self, directory: str, meta: Dict[str, Any], *, max_to_keep: int = 3):
+  def __init__(self, directory: str, meta: Dict[str, Any], *, max_to_keep: int = 3,
+               best_metric: Optional[str] = None):
     self.directory = os.path.abspath(directory)
     self.meta = meta
     self._max_to_keep = max_to_keep
+    self.best_metric = best_metric
     self._manager: Optional[ocp.CheckpointManager] = None
     self._damaged = set()  # steps skipped by restore_latest; moved aside before that step is saved again
 
@@ -58,9 +75,21 @@ class Checkpointer:
   def manager(self) -> ocp.CheckpointManager:
     # Created on first use: a workdir whose checkpoints are refused is never written to.
     if self._manager is None:
+      if self.best_metric is None:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True)
+      else:
+        policies = ocp.checkpoint_managers
+        metric = self.best_metric
+        options = ocp.CheckpointManagerOptions(
+            create=True, best_fn=lambda m: m[metric], best_mode="min",
+            preservation_policy=policies.AnyPreservationPolicy([
+                policies.LatestN(n=self._max_to_keep),
+                # sorted by the metric, largest first; BestN keeps the last n: the lowest
+                policies.BestN(get_metric_fn=lambda m: m[metric], reverse=True, n=1,
+                               keep_checkpoints_without_metrics=False)]))
       self._manager = ocp.CheckpointManager(
           self.directory,
-          options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True),
+          options=options,
           item_handlers={"state": ocp.StandardCheckpointHandler(),
                          "meta": (_SlowFinalizeJson() if os.environ.get("TLGAN_TEST_CHECKPOINT_DELAY_S")
                                   else ocp.JsonCheckpointHandler())})
@@ -86,9 +115,27 @@ class Checkpointer:
             f"workdir checkpoint {step} in {self.directory} does not fit this config: {key} is "
             f"{saved.get(key, 'absent')} there and {wanted.get(key, 'absent')} here; use another --workdir")
 
-  def restore_latest(self, state):
-    """Returns (restored state, step), or (state, None) when there is no checkpoint."""
-    steps = self.steps()
+  def best_step(self) -> Optional[int]:
+    """The step of the kept checkpoint with the lowest `best_metric` (None: none was saved with it)."""
+    if self.best_metric is None or not self.steps():
+      return None
+    return self.manager.best_step()
+
+  def restore(self, state, which: str = "latest"):
+    """`restore_latest`, or with which='best' the best checkpoint (an error when there is none)."""
+    if which == "latest":
+      return self.restore_latest(state)
+    if which != "best":
+      raise UserError(f"which must be 'best' or 'latest', got {which!r}")
+    step = self.best_step()
+    if step is None:
+      raise UserError(f"{self.directory} has no checkpoint saved with an evaluation ({self.best_metric}): use "
+                      "--which=latest, or train with evaluation on")
+    return self.restore_latest(state, steps=[step])
+
+  def restore_latest(self, state, steps=None):
+    """Returns (restored state, step), or (state, None) when there is no checkpoint. `steps`: only those."""
+    steps = self.steps() if steps is None else steps
     if not steps:
       return state, None
     target = serialization.to_state_dict(state)
@@ -127,12 +174,13 @@ class Checkpointer:
     self._damaged.discard(step)
     self.manager.reload()
 
-  def save(self, step: int, state) -> None:
+  def save(self, step: int, state, metrics: Optional[Dict[str, float]] = None) -> None:
+    """Saves `state` at `step`; `metrics` (with `best_metric`) make it a candidate for the best checkpoint."""
     if step in self._damaged:
       self._move_aside(step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-        meta=ocp.args.JsonSave(self.meta)), force=True)
+        meta=ocp.args.JsonSave(self.meta)), metrics=metrics, force=True)
 
   def wait(self) -> None:
     if self._manager is not None:

@@ -1,4 +1,5 @@
-"""Sample-quality metrics: Fréchet distance, kernel (inception) distance and Inception Score.
+"""Sample-quality metrics: Fréchet distance, kernel (inception) distance, Inception Score, and precision,
+recall, density and coverage.
 
 Every number names its feature network: `FD[resnet18-fashion_mnist]` is the Fréchet distance in the feature
 space of our ResNet18 trained on Fashion-MNIST, comparable only with numbers from the same network and
@@ -8,12 +9,10 @@ Statistics are streamed: `FeatureStats` accumulates the sum and the sum of outer
 batches, so 50k x 2048 features never sit in memory at once.
 """
 
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from scipy import linalg
-
-
 
 class FeatureStats:
   """Streaming mean and covariance (unbiased, like np.cov) of feature vectors, in float64."""
@@ -108,3 +107,45 @@ def inception_score(logits, splits: int = 10) -> Tuple[float, float]:
     kl = np.sum(np.exp(part) * (part - log_py), axis=1)
     scores.append(np.exp(kl.mean()))
   return float(np.mean(scores)), float(np.std(scores))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Precision and recall (Kynkäänniemi et al., 2019) and density and coverage (Naeem et al., 2020): each set's
+# manifold is the union of balls around its points, of radius the distance to the k-th nearest neighbour in
+# the same set. FD mixes fidelity and diversity in one number; these separate them (blur lowers precision,
+# mode dropping lowers recall and coverage). Distances in float64, blockwise (10,000 x 10,000 never in memory).
+
+def _distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  d2 = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+  return np.sqrt(np.maximum(d2, 0.0))
+
+
+def nearest_neighbour_radii(features, k: int = 3, block: int = 2048) -> np.ndarray:
+  """Distance of each row to its k-th nearest other row (the row itself, at distance 0, is not counted)."""
+  f = np.asarray(features, np.float64)
+  if not 0 < k < len(f):
+    raise ValueError(f"k-nearest-neighbour radii need 0 < k < the number of points, got k={k} for {len(f)}")
+  radii = np.empty(len(f))
+  for i in range(0, len(f), block):
+    radii[i:i + block] = np.partition(_distances(f[i:i + block], f), k, axis=1)[:, k]
+  return radii
+
+
+def precision_recall_density_coverage(real, fake, k: int = 3, real_radii: Optional[np.ndarray] = None,
+                                      block: int = 2048) -> Dict[str, float]:
+  """{precision, recall, density, coverage} of `fake` against `real` features, as the `prdc` package defines
+  them (strict inequalities, k-th neighbour radii); `real_radii` may be passed to reuse them."""
+  real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+  if real_radii is None:
+    real_radii = nearest_neighbour_radii(real, k, block)
+  fake_radii = nearest_neighbour_radii(fake, k, block)
+  in_real_balls = np.zeros(len(fake), np.int64)  # per fake sample: how many real balls hold it
+  recall_hit = np.zeros(len(real), bool)
+  covered = np.zeros(len(real), bool)
+  for i in range(0, len(real), block):
+    d = _distances(real[i:i + block], fake)
+    in_real_balls += (d < real_radii[i:i + block, None]).sum(0)
+    recall_hit[i:i + block] = (d < fake_radii[None, :]).any(1)
+    covered[i:i + block] = d.min(1) < real_radii[i:i + block]
+  return {"precision": float(np.mean(in_real_balls > 0)), "recall": float(recall_hit.mean()),
+          "density": float(in_real_balls.mean() / k), "coverage": float(covered.mean())}

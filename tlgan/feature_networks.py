@@ -1,20 +1,23 @@
-"""Feature networks for FD/KID, and cached reference statistics of real data.
+"""Metric networks for FD/KID/precision/recall, and cached reference features of real data.
+
+`resnet18w16-<dataset>`: the fixed metric networks tlgan ships in `tlgan/metric_networks/` (narrow ResNet18
+classifiers trained once on the dataset by `python -m experiments.metric_network`; configs/metric_network.py
+says how), each pinned by its sha256 in `SHIPPED`. A number in such a network's space, `FD[resnet18w16-
+fashion_mnist]`, means the same on every machine: the weights are a file, not something each machine trains.
+A missing or altered file is an error, never a reason to train a new one. Any other tlgan ResNet weights file
+(`eval.feature_weights`) can serve too; its numbers carry the file's hash in the name (`FD[...@1a2b3c4d]`).
 
 `inception_v3_fid`: pytorch-fid's Inception-v3 (`tlgan.models.inception`), for FID proper.
 
-`resnet18-<dataset>`: our ResNet18 trained on the dataset by tlgan's own classifier trainer (offline, a domain
-feature network). Its weights file is referenced from the GAN config (`eval.feature_weights`); when the file
-is missing, `ensure_domain_weights` trains it once (a short `configs/transfer.py:fashion_pretrain`-style run)
-into the cache directory. Numbers computed with it are reported as `FD[resnet18-fashion_mnist]`, never as
-"FID".
+Every network takes uint8 images, as real data comes and as pytorch-fid, clean-fid and torch-fidelity feed
+generated samples: samples are quantised (`to_uint8`) before they are scored.
 
 Reference features of real data are computed once and cached as .npz under
-`<cache_dir>/reference/<dataset>-<split>-<network>-<weights sha256[:12]>.npz`, so another network or other
-weights never reuse stale statistics.
+`<cache_dir>/reference/<dataset>-<split>-<network>-<weights sha256[:12]>-n<N>.npz`, so another network or
+other weights never reuse stale statistics.
 """
 
 import dataclasses
-import logging
 import os
 from typing import Callable, Tuple
 
@@ -23,25 +26,71 @@ import jax.numpy as jnp
 import numpy as np
 
 from tlgan import pretrained, reporting
+from tlgan.errors import UserError
 from tlgan.evaluation import FeatureStats
 from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metric_networks")
+# dataset -> (metric network name, sha256 of its file in SHIPPED_DIR); written by experiments.metric_network
+SHIPPED = {
+    "fashion_mnist": ("resnet18w16-fashion_mnist", "c0bcd6dfc9c038686b58a2ce1ca742a0f3020313298deed34eb3496cca7c0a27"),
+    "digits28": ("resnet18w16-digits28", "91770e779216f431a6c90088525b29bd156e4a7e28b4eef053f7474cef34bdc9"),
+}
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """[-1, 1] floats -> uint8 [0, 255], rounding to nearest (the inverse of the pipeline's x / 127.5 - 1)."""
+  return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 @dataclasses.dataclass
 class FeatureNetwork:
-  """images in [-1, 1] (N, H, W, C) -> (features (N, dim), logits (N, classes))."""
+  """uint8 images (N, H, W, C) -> (features (N, dim), logits (N, classes) or None). `apply` takes [-1, 1]."""
   name: str
   weights_sha256: str
   dim: int
   apply: Callable
 
   def __call__(self, images: np.ndarray, batch_size: int = 500) -> Tuple[np.ndarray, np.ndarray]:
+    if np.asarray(images).dtype != np.uint8:
+      raise TypeError(f"metric networks score uint8 images (quantise samples with to_uint8 first), got "
+                      f"{np.asarray(images).dtype}")
     feats, logits = [], []
     for i in range(0, len(images), batch_size):
-      f, l = self.apply(jnp.asarray(images[i:i + batch_size], jnp.float32))
+      f, l = self.apply(jnp.asarray(images[i:i + batch_size], jnp.float32) / 127.5 - 1.0)
       feats.append(np.asarray(f))
       logits.append(np.asarray(l))
     return np.concatenate(feats), np.concatenate(logits)
+
+
+def shipped_weights(dataset: str) -> str:
+  """The path of the metric network tlgan ships for `dataset`, after checking its pinned sha256."""
+  if dataset not in SHIPPED:
+    raise UserError(f"tlgan ships no metric network for {dataset} (only for {', '.join(sorted(SHIPPED))}): set "
+                    f"--config.eval.feature_weights to a tlgan ResNet weights file trained on {dataset} (python -m "
+                    "experiments.metric_network trains one), or score with Inception-v3 "
+                    "(--config.eval.domain_network=false --config.eval.inception_weights=FILE)")
+  name, pinned = SHIPPED[dataset]
+  path = os.path.join(SHIPPED_DIR, f"{name}.msgpack")
+  if not os.path.isfile(path):
+    raise UserError(f"the shipped metric network {path} is missing: restore it (git checkout -- "
+                    f"tlgan/metric_networks) or reinstall tlgan")
+  digest = pretrained.sha256_of(path)
+  if digest != pinned:
+    raise UserError(f"the shipped metric network {path} has sha256 {digest[:12]}..., pinned {pinned[:12]}...: the "
+                    "file was altered; restore it (git checkout -- tlgan/metric_networks), or score in another "
+                    "network's space with --config.eval.feature_weights=FILE")
+  return path
+
+
+def metric_weights(dataset: str, feature_weights: str = "") -> str:
+  """The metric network's weights file: `feature_weights` when given (it must exist), else the shipped one."""
+  if not feature_weights:
+    return shipped_weights(dataset)
+  if not os.path.isfile(feature_weights):
+    raise UserError(f"eval.feature_weights={feature_weights} does not exist: pass a tlgan ResNet weights file "
+                    f"trained on {dataset} (or '' for the shipped metric network)")
+  return feature_weights
 
 
 def domain_resnet(weights_path: str, dataset: str) -> FeatureNetwork:
@@ -74,12 +123,20 @@ def domain_resnet(weights_path: str, dataset: str) -> FeatureNetwork:
     feats = feats * (feats.shape[-1] ** 0.5 / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-6))
     return feats, logits
 
-  # A network with another stem says so in its name (FD[resnet18-cifarstem-fashion_mnist]); the weights' hash
-  # tells networks of one name apart (summary.json lists it, and it keys the cached reference features).
-  variant = "" if stem == "imagenet" else f"-{stem}stem"
-  return FeatureNetwork(name=f"{meta.get('arch', 'resnet18')}{variant}-{dataset}",
-                        weights_sha256=pretrained.sha256_of(weights_path),
+  digest = pretrained.sha256_of(weights_path)
+  return FeatureNetwork(name=network_name(meta, width, dataset, digest), weights_sha256=digest,
                         dim=int(variables["params"]["fc"]["kernel"].shape[0]), apply=apply)
+
+
+def network_name(meta, width: int, dataset: str, digest: str) -> str:
+  """A shipped network's own name; any other network's name says its shape and carries its weights' hash
+  (FD[resnet18w16-cifarstem-fashion_mnist@1a2b3c4d]), so numbers of unpinned networks are never confused."""
+  for name, pinned in SHIPPED.values():
+    if digest == pinned:
+      return name
+  shape = f"{meta.get('arch', 'resnet18')}{'' if width == 64 else f'w{width}'}"
+  stem = meta.get("stem", "imagenet")
+  return f"{shape}{'' if stem == 'imagenet' else f'-{stem}stem'}-{dataset}@{digest[:8]}"
 
 
 def inception_fid(weights_path: str) -> FeatureNetwork:
@@ -88,7 +145,8 @@ def inception_fid(weights_path: str) -> FeatureNetwork:
   from tlgan.models.inception import InceptionV3FID
   variables, meta = pretrained.load(weights_path)
   if meta.get("arch") != pretrained.INCEPTION_FID:
-    raise ValueError(f"{weights_path} holds {meta.get('arch')!r} weights, not {pretrained.INCEPTION_FID}")
+    raise UserError(f"{weights_path} holds {meta.get('arch')!r} weights, not {pretrained.INCEPTION_FID}: convert "
+                    "pytorch-fid's weights with python -m tlgan.pretrained --arch=inception_v3_fid")
   variables = jax.tree.map(jnp.asarray, variables)
   model = InceptionV3FID()
 
@@ -103,29 +161,6 @@ def inception_fid(weights_path: str) -> FeatureNetwork:
                         dim=2048, apply=apply)
 
 
-def default_weights_path(cache_dir: str, dataset: str) -> str:
-  return os.path.join(os.path.expanduser(cache_dir), "feature_nets", f"resnet18-{dataset}", "model.msgpack")
-
-
-def ensure_domain_weights(weights_path: str, dataset: str, train_config) -> str:
-  """Returns `weights_path`, training the domain ResNet18 there first when the file does not exist.
-
-  `train_config` is a classifier config (configs/transfer.py) for `dataset`; the run's workdir is the
-  folder of `weights_path`, so an interrupted training resumes on the next call.
-  """
-  if os.path.exists(weights_path):
-    return weights_path
-  from tlgan.trainers import classifier
-  workdir = os.path.dirname(os.path.abspath(weights_path))
-  logging.warning("FD feature network %s not found: training resnet18-%s once into %s (%.1f epochs)",
-                  weights_path, dataset, workdir, train_config.num_epochs)
-  summary = classifier.train_and_evaluate(train_config, workdir)
-  if summary.get("status") != "completed" or not os.path.exists(weights_path):
-    raise RuntimeError(f"training the feature network in {workdir} did not complete; rerun to resume it")
-  logging.info("Feature network resnet18-%s: test accuracy %.4f", dataset, summary["test_accuracy"])
-  return weights_path
-
-
 def reference_features(net: FeatureNetwork, images_uint8: np.ndarray, *, dataset: str, split: str,
                        cache_dir: str) -> np.ndarray:
   """Features of real images (uint8 NHWC), cached by dataset, split, network and weights."""
@@ -134,7 +169,7 @@ def reference_features(net: FeatureNetwork, images_uint8: np.ndarray, *, dataset
   if os.path.exists(path):
     with np.load(path) as cached:
       return cached["features"]
-  feats, _ = net(images_uint8.astype(np.float32) / 127.5 - 1.0)
+  feats, _ = net(images_uint8)
   if reporting.is_writer():
     reporting.atomic_write(path, lambda f: np.savez(f, features=feats))
   return feats

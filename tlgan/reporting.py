@@ -18,6 +18,26 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def cpu_model() -> str:
+  """The processor's model name (as lscpu shows it): a time or a rate means little without it."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  import platform
+  return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> Dict[str, object]:
+  """What produced a run's times and rates: CPU model and cores, JAX's backend and devices."""
+  devices = jax.devices()
+  return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "backend": jax.default_backend(),
+          "device_kind": devices[0].device_kind, "devices": len(devices)}
+
+
 def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)

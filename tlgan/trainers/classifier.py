@@ -263,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "processes": jax.process_count(),
       "parallel_mode": par.mode,
       "backend": jax.default_backend(),
+      "machine": reporting.machine(),  # the CPU (or accelerator) behind the times and rates above
   }
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

@@ -1,4 +1,5 @@
-"""Samples of a trained GAN as a uint8 .npz, from a workdir's latest checkpoint and saved config."""
+"""Samples of a trained GAN as a uint8 .npz (from a workdir's latest or best checkpoint and saved config), and
+the metrics of a finished run or of any sample file."""
 
 import json
 import os
@@ -10,7 +11,7 @@ import numpy as np
 from tlgan import data, reporting
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import UserError
-from tlgan.steps import gan as gan_step
+from tlgan.trainers import gan_eval
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -38,52 +39,98 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8 [0, 255], rounding to nearest (the inverse of the pipeline's x / 127.5 - 1)."""
-  return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def restore_run(workdir: str):
-  """(config, state, step) of a GAN run's latest checkpoint, with the config saved in the run."""
-  from tlgan.trainers.gan import build_state
+def restore_run(workdir: str, which: str = "latest"):
+  """(config, state, step) of a GAN run's latest (or best-FD) checkpoint, with the config saved in the run."""
+  from tlgan.trainers.gan import BEST_METRIC, build_state
   config = load_run_config(workdir)
   if config.experiment != "gan":
     raise UserError(f"{workdir} is a {config.experiment} run, not a GAN run")
   state = build_state(config, data.spec(config.data.name).image_shape)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), {"experiment": "gan"})
-  state, step = checkpointer.restore_latest(state)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), {"experiment": "gan"}, best_metric=BEST_METRIC)
+  state, step = checkpointer.restore(state, which)
   if step is None:
     raise UserError(f"{workdir} has no checkpoint yet: train first")
   return config, state, step
 
 
-def evaluate_run(workdir: str, feature_weights: str, num: int) -> dict:
-  """FD, KID (and IS) of a finished GAN run's samples in the space of another feature network (a tlgan
-  ResNet weights file trained on the run's dataset), with the floor of real training images."""
-  from tlgan.trainers import gan_eval
-  if num <= 0:
-    raise UserError(f"--num must be positive, got {num}")
-  if not os.path.isfile(feature_weights):
-    raise UserError(f"feature network {feature_weights} does not exist: train one with configs/transfer.py")
-  config, state, step = restore_run(workdir)
+def _load_split(config, split: str) -> np.ndarray:
+  images, _ = data.load_split(config.data.name, split, data_dir=config.data.data_dir or None,
+                              manual_dir=config.data.manual_dir or None, download=config.data.download)
+  return images
+
+
+def evaluate_run(workdir: str, feature_weights: str, num: int, which: str = "latest", cache_dir: str = "") -> dict:
+  """The metrics of a finished GAN run's samples (its evaluation latents) in the space of a metric network (the
+  shipped one when `feature_weights` is '', else a tlgan ResNet weights file trained on the run's dataset),
+  with the floor of real training images."""
+  if num < 2:
+    raise UserError(f"--num must be 2 or more, got {num}")
+  config, state, step = restore_run(workdir, which)
   config.eval.feature_weights = feature_weights
+  config.eval.domain_network = True
   config.eval.inception_weights = ""
-  kwargs = dict(data_dir=config.data.data_dir or None, manual_dir=config.data.manual_dir or None,
-                download=config.data.download)
-  test_images, _ = data.load_split(config.data.name, config.eval.split, **kwargs)
-  train_images, _ = data.load_split(config.data.name, config.data.split, **kwargs)
-  evaluator = gan_eval.GANEvaluator(config, test_images)
-  return {"workdir": workdir, "step": step, "network": evaluator.main_net.name, "weights": feature_weights,
-          "num_samples": num, "generated": evaluator(state, num, config.eval.kid_subsets),
-          "floor_train_vs_reference": evaluator.floor(train_images)}
+  config.eval.cache_dir = cache_dir or config.eval.cache_dir
+  gan_eval.check_eval_config(config)  # before the data is loaded
+  evaluator = gan_eval.GANEvaluator(config, _load_split(config, config.eval.split))
+  return {"workdir": workdir, "checkpoint": f"{which} (step {step})", "step": step,
+          "network": evaluator.main_net.name, "weights": feature_weights or "shipped",
+          **evaluator.scorer.describe(), "num_samples": num,
+          "generated": evaluator(state, num, config.eval.kid_subsets),
+          "floor_train_vs_reference": evaluator.floor(_load_split(config, config.data.split))}
 
 
-def export_samples(workdir: str, num: int, output: str, seed: int = 0, batch_size: int = 500) -> str:
+def read_samples(path: str, image_shape) -> np.ndarray:
+  """uint8 images (N, H, W, C) under 'images' in an .npz (the format `export_samples` writes), checked."""
+  if not os.path.isfile(path):
+    raise UserError(f"samples file {path} does not exist: write one with python -m experiments.sample")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if "images" not in f.files:
+        raise UserError(f"{path} has no 'images' array (it has {', '.join(f.files) or 'none'}): save the samples "
+                        "as np.savez(path, images=uint8 N x H x W x C)")
+      images = f["images"]
+  except UserError:
+    raise
+  except Exception as e:  # not a zip, truncated, pickled objects
+    raise UserError(f"{path} is not a readable .npz of images ({type(e).__name__}): save the samples as "
+                    "np.savez(path, images=uint8 N x H x W x C)") from None
+  if images.dtype != np.uint8:
+    raise UserError(f"{path}: images are {images.dtype}, not uint8: quantise them to 0..255 first (samples are "
+                    "scored as uint8, like real images)")
+  if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape) or len(images) < 2:
+    raise UserError(f"{path}: images have shape {images.shape}, expected (N >= 2, {', '.join(map(str, image_shape))}) "
+                    "for this dataset: check --dataset")
+  return images
+
+
+def score_samples(path: str, config, split: str = "") -> dict:
+  """Every metric of the samples in `path` against `config`'s dataset (a GAN config: its eval settings)."""
+  images = read_samples(path, data.spec(config.data.name).image_shape)
+  e = config.eval
+  gan_eval.check_eval_config(config)
+  nets = gan_eval.build_networks(config.data.name, feature_weights=e.feature_weights,
+                                 domain_network=e.domain_network, inception_weights=e.inception_weights)
+  split = split or e.split
+  scorer = gan_eval.SampleScorer(nets, _load_split(config, split), dataset=config.data.name, split=split,
+                                 cache_dir=e.cache_dir, kid_subset_size=e.kid_subset_size, seed=config.seed,
+                                 prdc_k=e.prdc_k, prdc_num=e.prdc_num)
+  return {"samples": path, "num_samples": len(images), "dataset": config.data.name, **scorer.describe(),
+          "metrics": scorer(images, e.kid_subsets)}
+
+
+def export_samples(workdir: str, num: int, output: str, seed=None, batch_size: int = 500,
+                   which: str = "latest") -> str:
+  """Writes `num` uint8 samples to `output`: by default from the run's evaluation latents (so that scoring
+  the file reproduces the run's own numbers); with `seed`, from jax.random.key(seed)'s latents."""
   if num <= 0:
     raise UserError(f"--num must be positive, got {num}")
-  config, state, step = restore_run(workdir)
-  sample = jax.jit(gan_step.sample)
-  z = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
-  images = np.concatenate([to_uint8(sample(state, z[i:i + batch_size])) for i in range(0, num, batch_size)])
+  if batch_size <= 0:
+    raise UserError(f"--batch_size must be positive, got {batch_size}")
+  config, state, step = restore_run(workdir, which)
+  if seed is None:
+    z = gan_eval.eval_latents(config.seed, num, config.model.latent_dim)
+  else:
+    z = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
+  images = gan_eval.generate_uint8(state, z, batch_size)
   reporting.atomic_write(output, lambda f: np.savez(f, images=images, step=step))
   return output

@@ -27,6 +27,9 @@ from tlgan.steps import gan as gan_step
 from tlgan.trainers import gan_eval, loop
 
 
+BEST_METRIC = "fd"  # the main metric network's FD, stored with the checkpoints saved at evaluations
+
+
 def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) -> gan_step.GANState:
   """A freshly initialised GANState for the config (deterministic in config.seed)."""
   m = config.model
@@ -91,8 +94,8 @@ def read_trunk(config):
   variables, meta = pretrained.load(path)
   if meta.get("arch", "resnet18") != "resnet18":
     raise ConfigError(f"model.d_trunk_weights={path} holds {meta.get('arch')} weights: the trunk is a resnet18")
-  metric = e.feature_weights or feature_networks.default_weights_path(e.cache_dir, config.data.name)
-  if e.enabled and os.path.isfile(metric) and pretrained.sha256_of(metric) == pretrained.sha256_of(path):
+  metric = feature_networks.metric_weights(config.data.name, e.feature_weights) if e.enabled and e.domain_network else ""
+  if metric and pretrained.sha256_of(metric) == pretrained.sha256_of(path):
     raise ConfigError(f"model.d_trunk_weights={path} is the FD feature network itself ({metric}): the "
                       "discriminator would be trained on the metric's features; use another trunk")
   info = {"width": int(variables["params"]["conv1"]["kernel"].shape[-1]), "stem": meta.get("stem", "imagenet"),
@@ -130,6 +133,14 @@ def init_from_source(config, state: gan_step.GANState, image_shape) -> gan_step.
                        ema_params=source_state.ema_params if state.ema_decay > 0 else state.ema_params)
 
 
+def best_checkpoint(checkpointer: Checkpointer, evaluator) -> Any:
+  """{step, FD key: value} of the checkpoint kept for its lowest FD during training (None without one)."""
+  step = checkpointer.best_step() if evaluator is not None else None
+  if step is None:
+    return None
+  return {"step": step, evaluator.fd_key: checkpointer.manager.metrics(step)[BEST_METRIC]}
+
+
 def fixed_noise(config, n: int) -> jax.Array:
   """The latents of the sample grids: the same for every grid of a run, so grids show progress."""
   return jax.random.normal(jax.random.fold_in(jax.random.key(config.seed), 0x5A3), (n, config.model.latent_dim))
@@ -143,13 +154,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if config.num_steps <= 0:
     raise ConfigError(f"num_steps must be positive, got {config.num_steps}")
   loop.check_workdir(workdir)
+  if config.eval.enabled:
+    gan_eval.check_eval_config(config)
   par = parallel.Parallel(config.parallel.mode)
   logging.info("Parallel mode %s: %s", par.mode, parallel.describe())
   state = build_state(config, ds_spec.image_shape, axis_name=par.axis_name)
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               meta={"experiment": "gan", "dataset": config.data.name,
                                     "image_shape": list(ds_spec.image_shape)},
-                              max_to_keep=config.keep_checkpoints)
+                              max_to_keep=config.keep_checkpoints, best_metric=BEST_METRIC)
   state, restored = checkpointer.restore_latest(state)
   if restored is None and config.transfer.init_workdir:  # resume order: this workdir > the source run > scratch
     state = init_from_source(config, state, ds_spec.image_shape)
@@ -168,10 +181,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   batches = loop.poison_batches(batches, config.inject_nan_at_step, start)
   evaluator = None
   if config.eval.enabled:
-    test_images, _ = data.load_split(
+    reference_images, _ = data.load_split(
         config.data.name, config.eval.split, data_dir=config.data.data_dir or None,
         manual_dir=config.data.manual_dir or None, download=config.data.download)
-    evaluator = gan_eval.GANEvaluator(config, test_images)
+    evaluator = gan_eval.GANEvaluator(config, reference_images)
 
   reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())  # for experiments.sample
   state = par.put_state(state)
@@ -194,18 +207,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   result = loop.run(
       state=state, step_fn=gan_step.train_step, batches=map(to_device, batches), rng=rng, par=par,
       config=config, workdir=workdir, checkpointer=checkpointer, start_step=start,
-      global_batch=sizes.global_, hooks=hooks)
+      global_batch=sizes.global_, hooks=hooks, best_metric=(evaluator.fd_key, BEST_METRIC) if evaluator else None)
 
   reporting.plot_curves(os.path.join(workdir, "losses.png"), result.history,
                         ["d_loss", "g_loss", "d_real", "d_fake"], title=f"DCGAN on {config.data.name}")
   final_eval = None
   if evaluator is not None and result.status == "completed":
     final_eval = {
-        "networks": {net.name: net.weights_sha256 for net in evaluator.nets},
+        **evaluator.scorer.describe(),
         "num_samples": config.eval.final_num_samples,
-        "reference": f"{config.data.name}[{config.eval.split}] ({len(test_images)} images)",
+        "checkpoint": f"latest (step {result.step})",
         "generated": evaluator(result.state, config.eval.final_num_samples, config.eval.kid_subsets),
-        "floor_train_vs_reference": evaluator.floor(images),
+        # real training images against the reference (none when the reference is the training split itself)
+        "floor_train_vs_reference": evaluator.floor(images) if config.eval.split != config.data.split else None,
     }
     reporting.plot_curves(os.path.join(workdir, "fd.png"), result.history, [evaluator.fd_key, evaluator.kid_key],
                           title=f"{evaluator.main_net.name} space, {config.eval.num_samples} samples")
@@ -222,11 +236,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "train_images_per_s": round(result.images_per_second, 1),
       "final_metrics": result.last_metrics,
       "final_eval": final_eval,
+      "best_checkpoint": best_checkpoint(checkpointer, evaluator),
       "batch_size": {"global": sizes.global_, "per_process": sizes.per_process, "per_device": sizes.per_device},
       "devices": jax.device_count(),
       "processes": jax.process_count(),
       "parallel_mode": par.mode,
       "backend": jax.default_backend(),
+      "machine": reporting.machine(),  # the CPU (or accelerator) behind the times and rates above
       "samples": "samples.png",
       "loss_curve": "losses.png",
   }

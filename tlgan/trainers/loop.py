@@ -119,13 +119,16 @@ def _average(pending) -> Dict[str, float]:
 def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Parallel, config, workdir: str,
         checkpointer,
         start_step: int, global_batch: int, num_steps: Optional[int] = None,
-        hooks: Sequence[Tuple[int, Callable]] = ()) -> LoopResult:
+        hooks: Sequence[Tuple[int, Callable]] = (),
+        best_metric: Optional[Tuple[str, str]] = None) -> LoopResult:
   """Runs `step_fn` from `start_step` to `num_steps` (default `config.num_steps`).
 
   `state` and `batches` are placed by `par` (`par.put_state`, `par.put_batch`). `hooks` are `(every, fn)`
   pairs: `fn(step, state)` runs after every `every`-th step and after the last one, with the state as
   replicated global arrays (`par.host_state`); a dict it returns is logged as scalars at that step
-  (evaluation results, say). The returned state is in that form too.
+  (evaluation results, say). The returned state is in that form too. `best_metric` = (hook key, checkpoint
+  metric name): at every step where a hook returns that key, a checkpoint is saved with the value (lower is
+  better), so that the checkpointer can keep the best one.
   """
   num_steps = num_steps or config.num_steps
   batch = next(batches)
@@ -162,7 +165,8 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Paral
         hook_seconds += time.perf_counter() - hook_start  # kept out of the training rate
         hook_scalars.update(step_scalars)
         stopping = stop.signal_name is not None and step < num_steps
-        save = stopping or step == num_steps or step % config.checkpoint_every == 0
+        scored = best_metric is not None and np.isfinite(step_scalars.get(best_metric[0], np.nan))
+        save = stopping or scored or step == num_steps or step % config.checkpoint_every == 0
         if save or step % config.log_every == 0:
           _check_finite(pending)  # blocks on the device: the window's time is real
           last_metrics = _average(pending)
@@ -177,7 +181,8 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Paral
         elif step_scalars:
           writer.write(step, step_scalars)
         if save:
-          checkpointer.save(step, par.host_state(state))
+          checkpointer.save(step, par.host_state(state),
+                            metrics={best_metric[1]: float(step_scalars[best_metric[0]])} if scored else None)
         if stopping:
           status = "preempted"
           logging.warning("%s received: checkpoint saved at step %d; run the same command to resume",

@@ -27,8 +27,8 @@ FEATURES = ("auto", "imagenet", "fashion_mnist", "random")
 
 def feature_network(config, content: np.ndarray, style_image: np.ndarray):
   """(features fn, description, kind): converted ImageNet weights; offline, tlgan's Fashion-MNIST ResNet18 on
-  each colour channel (trained once into the cache when missing, as for the GAN's FD); or random weights with
-  BatchNorm calibrated on the two images."""
+  each colour channel (the metric network tlgan ships); or random weights with BatchNorm calibrated on the two
+  images."""
   choice = config.features
   if choice not in FEATURES:
     raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {choice!r}")
@@ -52,19 +52,14 @@ def feature_network(config, content: np.ndarray, style_image: np.ndarray):
     return (style.resnet_features(model, jax.tree.map(jnp.asarray, variables)), f"resnet18 ({config.weights})",
             choice)
   if choice == "fashion_mnist":
-    from configs import gan as gan_configs
     from tlgan import feature_networks
-    from tlgan.trainers import gan_eval
-    gan_config = gan_configs.get_config()
-    gan_config.eval.cache_dir = config.cache_dir
-    path = feature_networks.default_weights_path(config.cache_dir, "fashion_mnist")
-    feature_networks.ensure_domain_weights(path, "fashion_mnist", gan_eval.feature_train_config(gan_config))
+    path = feature_networks.shipped_weights("fashion_mnist")
     variables, meta = pretrained.load(path)
     model = pretrained.model_for("resnet18", variables["params"]["fc"]["kernel"].shape[1],
                                  stem=meta.get("stem", "imagenet"),
                                  width=variables["params"]["conv1"]["kernel"].shape[-1])
     features = style.per_channel(style.resnet_features(model, jax.tree.map(jnp.asarray, variables)))
-    return features, f"resnet18-fashion_mnist per colour channel ({path})", choice
+    return features, f"{meta.get('name', 'resnet18-fashion_mnist')} per colour channel ({path})", choice
   model = pretrained.model_for("resnet18", 1000)
   fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
   variables = style.calibrate_batch_stats(model, fresh, [content, style_image])
