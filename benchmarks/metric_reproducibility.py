@@ -1,7 +1,7 @@
 """Same samples, same numbers? One sample file scored under several of XLA's CPU code paths.
 
     python -m benchmarks.metric_reproducibility --samples=samples.npz --dataset=fashion_mnist \
-        [--xla_flags=--xla_cpu_max_isa=AVX2,--xla_cpu_max_isa=SSE4_2]
+        [--xla_flags=--xla_cpu_max_isa=AVX2,--xla_cpu_max_isa=SSE4_2]   # (the default list)
 
 Runs `python -m experiments.evaluate --samples=... --dataset=...` once with the default XLA flags and once per
 entry of --xla_flags, each in a fresh process with its own reference-feature cache (so every process computes
@@ -23,7 +23,8 @@ import numpy as np
 
 flags.DEFINE_string("samples", None, "An .npz of uint8 images (experiments.sample writes one).")
 flags.DEFINE_string("dataset", "fashion_mnist", "The dataset the samples imitate.")
-flags.DEFINE_list("xla_flags", ["--xla_cpu_max_isa=AVX2"], "Other code paths, one XLA_FLAGS value each.")
+flags.DEFINE_list("xla_flags", ["--xla_cpu_max_isa=AVX2", "--xla_cpu_max_isa=SSE4_2"],
+                  "Other code paths, one XLA_FLAGS value each.")
 flags.DEFINE_string("features_out", "", "(internal) write the samples' features here and exit.")
 flags.mark_flags_as_required(["samples"])
 FLAGS = flags.FLAGS

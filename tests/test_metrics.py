@@ -87,16 +87,18 @@ def _evaluate_cli(npz, dataset, cache_dir, env=None):
   return json.loads(lines[0])
 
 
+@pytest.mark.slow
 def test_same_samples_same_numbers_under_another_cpu_code_path(tmp_path):
   """Real digits (blurred, so that every metric is away from its floor) scored by the CLI under XLA's default
-  CPU code and under XLA_FLAGS=--xla_cpu_max_isa=AVX2: FD and KID agree to 0.1%."""
+  CPU code and under XLA_FLAGS=--xla_cpu_max_isa=SSE4_2 (an old CPU's instructions: on an AVX-512 machine the
+  features then differ by ~1e-6; AVX2 gave identical bits there): FD and KID agree to 0.1%."""
   from scipy import ndimage
   images, _ = data.load_split("digits28", "train")
   blurred = np.clip(np.rint(ndimage.gaussian_filter(images[:600].astype(np.float32), (0, 1, 1, 0))), 0, 255)
   npz = _digits_npz(tmp_path / "samples.npz", blurred.astype(np.uint8))
   # separate caches: each process computes the reference features itself
   default = _evaluate_cli(npz, "digits28", tmp_path / "cache_default")
-  avx2 = _evaluate_cli(npz, "digits28", tmp_path / "cache_avx2", {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"})
+  other = _evaluate_cli(npz, "digits28", tmp_path / "cache_sse", {"XLA_FLAGS": "--xla_cpu_max_isa=SSE4_2"})
   name = feature_networks.SHIPPED["digits28"][0]
   assert default["num_samples"] == 600 and default["networks"] == {name: feature_networks.SHIPPED["digits28"][1]}
   assert default["reference"] == "digits28[test] (539 images)"
@@ -104,7 +106,7 @@ def test_same_samples_same_numbers_under_another_cpu_code_path(tmp_path):
   assert set(metrics) >= {f"{m}[{name}]" for m in ("FD", "KID", "IS", "precision", "recall", "density", "coverage")}
   assert metrics[f"FD[{name}]"] > 1.0 and metrics[f"KID[{name}]"] > 0.0
   for key in (f"FD[{name}]", f"KID[{name}]"):
-    assert avx2["metrics"][key] == pytest.approx(metrics[key], rel=1e-3), key
+    assert other["metrics"][key] == pytest.approx(metrics[key], rel=1e-3), key
 
 
 def test_bad_sample_files_are_one_line_errors(tmp_path):

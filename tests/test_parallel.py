@@ -98,6 +98,7 @@ def shard_lines(log_text):
   return [l.split("] ", 1)[-1] for l in log_text.splitlines() if "(data shard" in l]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
   from tlgan import data, pretrained
   port = free_port()
@@ -129,6 +130,7 @@ def test_two_processes_equal_one_process(tmp_path):
   assert json.load(open(tmp_path / "two" / "summary.json"))["processes"] == 2
 
 
+@pytest.mark.slow
 def test_a_dead_process_stops_the_other(tmp_path):
   port = free_port()
   args = CLASSIFIER[:2] + ["--config.num_steps=100000", "--config.batch_size=8", "--heartbeat_timeout=5"]

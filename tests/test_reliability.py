@@ -73,6 +73,7 @@ def reference(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_is_exact(reference, tmp_path):
   workdir = str(tmp_path / "run")
   proc = start(workdir)
@@ -100,12 +101,14 @@ def kill_twice_then_finish(workdir, args, num_steps, seed=0):
   assert start(workdir, args=args).wait(timeout=300) == 0
 
 
+@pytest.mark.slow
 def test_kill9_at_random_moments_then_resume_is_exact(reference, tmp_path):
   workdir = str(tmp_path / "run")
   kill_twice_then_finish(workdir, GAN, STEPS)
   assert_same_state(workdir, reference)
 
 
+@pytest.mark.slow
 def test_kill9_while_a_checkpoint_is_written_then_resume_is_exact(reference, tmp_path):
   workdir = str(tmp_path / "run")
   folder = os.path.join(workdir, "checkpoints")
@@ -131,6 +134,7 @@ def damage(workdir, step, how):
     os.remove(victim)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "delete"])
 def test_damaged_latest_checkpoint_is_reported_and_skipped(reference, tmp_path, how):
   workdir = str(tmp_path / "run")
@@ -143,6 +147,7 @@ def test_damaged_latest_checkpoint_is_reported_and_skipped(reference, tmp_path, 
   assert_same_state(workdir, reference)  # retrained from the predecessor to the same parameters
 
 
+@pytest.mark.slow
 def test_nan_injection_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
   result = run_cli(f"--workdir={workdir}", *GAN, "--config.inject_nan_at_step=1200")

@@ -5,10 +5,12 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from tests.test_reliability import kill_twice_then_finish, start
 
 
+@pytest.mark.slow
 def test_classifier_kill9_at_random_moments_then_resume_is_exact(tmp_path):
   from tlgan import pretrained
   args = ["--config=configs/transfer.py:smoke", "--config.data.name=digits", "--config.num_steps=600",

@@ -88,6 +88,7 @@ def test_style_loss_falls_by_a_large_factor(images, smoothing):
   assert after < before / 10, (before, after)
 
 
+@pytest.mark.slow
 def test_cli_writes_stylized_side_by_side_and_curve(tmp_path):
   from tests.conftest import run_cli
   workdir = tmp_path / "style"

@@ -221,8 +221,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         # real training images against the reference (none when the reference is the training split itself)
         "floor_train_vs_reference": evaluator.floor(images) if config.eval.split != config.data.split else None,
     }
-    reporting.plot_curves(os.path.join(workdir, "fd.png"), result.history, [evaluator.fd_key, evaluator.kid_key],
-                          title=f"{evaluator.main_net.name} space, {config.eval.num_samples} samples")
+    name = evaluator.main_net.name
+    reporting.plot_curves(os.path.join(workdir, "fd.png"), result.history,
+                          [f"{m}[{name}]" for m in ("FD", "KID", "precision", "recall")],
+                          title=f"{name} space, {config.eval.num_samples} samples")
   summary = {
       "experiment": "gan",
       "dataset": config.data.name,
