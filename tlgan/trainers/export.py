@@ -106,16 +106,11 @@ def read_samples(path: str, image_shape) -> np.ndarray:
 def score_samples(path: str, config, split: str = "") -> dict:
   """Every metric of the samples in `path` against `config`'s dataset (a GAN config: its eval settings)."""
   images = read_samples(path, data.spec(config.data.name).image_shape)
-  e = config.eval
-  gan_eval.check_eval_config(config)
-  nets = gan_eval.build_networks(config.data.name, feature_weights=e.feature_weights,
-                                 domain_network=e.domain_network, inception_weights=e.inception_weights)
-  split = split or e.split
-  scorer = gan_eval.SampleScorer(nets, _load_split(config, split), dataset=config.data.name, split=split,
-                                 cache_dir=e.cache_dir, kid_subset_size=e.kid_subset_size, seed=config.seed,
-                                 prdc_k=e.prdc_k, prdc_num=e.prdc_num)
+  gan_eval.check_eval_config(config)  # before the data is loaded
+  split = split or config.eval.split
+  scorer = gan_eval.scorer_for(config, _load_split(config, split), split)
   return {"samples": path, "num_samples": len(images), "dataset": config.data.name, **scorer.describe(),
-          "metrics": scorer(images, e.kid_subsets)}
+          "metrics": scorer(images, config.eval.kid_subsets)}
 
 
 def export_samples(workdir: str, num: int, output: str, seed=None, batch_size: int = 500,

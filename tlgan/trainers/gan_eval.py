@@ -128,18 +128,23 @@ def check_eval_config(config) -> None:
                       "with python -m tlgan.pretrained --arch=inception_v3_fid --output=FILE (or set it to '')")
 
 
+def scorer_for(config, reference_images: np.ndarray, split: str) -> SampleScorer:
+  """The SampleScorer of a GAN config's evaluation settings (checked first) against `reference_images`."""
+  check_eval_config(config)
+  e = config.eval
+  nets = build_networks(config.data.name, feature_weights=e.feature_weights, domain_network=e.domain_network,
+                        inception_weights=e.inception_weights)
+  return SampleScorer(nets, reference_images, dataset=config.data.name, split=split, cache_dir=e.cache_dir,
+                      kid_subset_size=e.kid_subset_size, seed=config.seed, prdc_k=e.prdc_k, prdc_num=e.prdc_num)
+
+
 class GANEvaluator:
   """The metrics of a GAN state's samples (fixed latents) against the reference split, every network."""
 
   def __init__(self, config, reference_images: np.ndarray, split: Optional[str] = None):
-    e = config.eval
-    check_eval_config(config)
-    self.nets = build_networks(config.data.name, feature_weights=e.feature_weights,
-                               domain_network=e.domain_network, inception_weights=e.inception_weights)
     self.config = config
-    self.scorer = SampleScorer(self.nets, reference_images, dataset=config.data.name, split=split or e.split,
-                               cache_dir=e.cache_dir, kid_subset_size=e.kid_subset_size, seed=config.seed,
-                               prdc_k=e.prdc_k, prdc_num=e.prdc_num)
+    self.scorer = scorer_for(config, reference_images, split or config.eval.split)
+    self.nets = self.scorer.nets
     self.main_net = self.nets[0]
     self.fd_key, self.kid_key = f"FD[{self.main_net.name}]", f"KID[{self.main_net.name}]"
 
