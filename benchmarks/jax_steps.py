@@ -70,7 +70,7 @@ def jax_projected_gan(batch_size: int, conv_impl: str) -> JaxStep:
   variables = trunk.init(jax.random.key(2), jnp.zeros((1, 32, 32, 3)), train=False)
   with tempfile.TemporaryDirectory() as folder:
     path = os.path.join(folder, "trunk.msgpack")
-    pretrained.save(path, variables, {"arch": "resnet18", "stem": "imagenet", "image_size": "32"})
+    pretrained.save(path, variables, pretrained.WeightsMeta("resnet18", image_size=32))
     config = gan_config.get_config("projected")
     config.model.d_trunk_weights = path
     config.model.conv_impl = conv_impl

@@ -10,6 +10,7 @@ gives another network (XLA's CPU code differs between processors), hence other n
 network is a file with a hash, not something each machine trains.
 """
 
+import dataclasses
 import os
 import sys
 
@@ -42,8 +43,9 @@ def main(argv):
     if summary.get("status") != "completed":
       raise UserError(f"training in {workdir} did not complete ({summary.get('status')}): rerun to resume it")
     variables, meta = pretrained.load(os.path.join(workdir, "model.msgpack"))
-    meta.update(name=name, test_accuracy=f"{summary['test_accuracy']:.4f}",
-                source=f"python -m experiments.metric_network --dataset={FLAGS.dataset} (configs/metric_network.py)")
+    meta = dataclasses.replace(
+        meta, name=name, test_accuracy=f"{summary['test_accuracy']:.4f}",
+        source=f"python -m experiments.metric_network --dataset={FLAGS.dataset} (configs/metric_network.py)")
     pretrained.save(output, variables, meta)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

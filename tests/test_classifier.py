@@ -131,7 +131,7 @@ def test_trainer_writes_summary_confusion_and_weights(pretrain_run):
     with open(os.path.join(workdir, png), "rb") as f:
       assert f.read(4) == b"\x89PNG"
   variables, meta = pretrained.load(os.path.join(workdir, "model.msgpack"))
-  assert meta["arch"] == "resnet18" and variables["params"]["fc"]["kernel"].shape == (64, 10)
+  assert meta.arch == "resnet18" and variables["params"]["fc"]["kernel"].shape == (64, 10)
 
 
 def test_sigterm_then_resume_is_exact(pretrain_run, tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ def test_shipped_networks_match_their_pins(dataset):
   path = feature_networks.shipped_weights(dataset)  # checks the sha256
   _, meta = pretrained.load(path)
   net = feature_networks.domain_resnet(path, dataset)
-  assert net.name == feature_networks.SHIPPED[dataset][0] == meta["name"] and "@" not in net.name
+  assert net.name == feature_networks.SHIPPED[dataset][0] == meta.name and "@" not in net.name
   assert os.path.getsize(path) < 5 * 2**20  # small enough to version
 
 

@@ -10,7 +10,7 @@ from tests.test_train_gan import smoke, train
 from tlgan import pretrained
 from tlgan.errors import ConfigError
 from tlgan.models.projected import ProjectedDiscriminator
-from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from tlgan.preprocessing import classifier_map_fn
 from tlgan.steps import gan as gan_step
 from tlgan.trainers import gan as gan_trainer
 
@@ -24,7 +24,7 @@ def make_trunk(path, width=8, seed=0):
   keys = iter(jax.random.split(jax.random.key(seed + 1), 1000))
   stats = jax.tree.map(lambda v: v + 0.5 * jax.random.uniform(next(keys), v.shape), variables["batch_stats"])
   variables = {**variables, "batch_stats": stats}
-  pretrained.save(str(path), variables, {"arch": "resnet18", "stem": "imagenet", "image_size": "32"})
+  pretrained.save(str(path), variables, pretrained.WeightsMeta("resnet18", image_size=32))
   return model, variables
 
 
@@ -62,13 +62,14 @@ def test_trunk_is_the_weights_file_and_stays_frozen_while_heads_and_g_learn(tmp_
         expected = expected[key.key]
       np.testing.assert_array_equal(value, expected)
 
-  # The trunk sees the image as the classifier was fed: [0, 1], 3 channels, 32x32, ImageNet normalisation.
-  images = jax.random.uniform(jax.random.key(2), (4, 28, 28, 1), minval=-1.0, maxval=1.0)
+  # The trunk sees the image exactly as the classifier's training pipeline fed it (the oracle: that tf.data
+  # function on the same uint8 pixels).
+  pixels = np.random.default_rng(2).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
+  images = jnp.asarray(pixels, jnp.float32) / 127.5 - 1.0
   _, sown = state.discriminator.apply({"params": state.d_params, "batch_stats": state.d_batch_stats}, images,
                                       train=False, mutable=["intermediates"])
-  x = jax.image.resize(jnp.repeat((images + 1) / 2, 3, -1), (4, 32, 32, 3), "linear", antialias=False)
-  expected = model.apply(variables, (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD), train=False,
-                         stages=STAGES)
+  fed = classifier_map_fn(image_size=32, channels=3)({"image": pixels, "label": np.zeros(4)}, 0)["image"].numpy()
+  expected = model.apply(variables, fed, train=False, stages=STAGES)
   trunk_sown = sown["intermediates"]["trunk"]
   for name in STAGES:
     np.testing.assert_allclose(trunk_sown[name][0], expected[name], rtol=1e-5, atol=1e-5)
@@ -102,7 +103,7 @@ def test_trunk_config_and_errors(tmp_path):
     gan_trainer.build_state(config, (28, 28, 1))
   config = projected_config(tmp_path / "trunk.msgpack")
   config.model.d_trunk_size = 40  # e.g. for ImageNet weights
-  assert gan_trainer.build_state(config, (28, 28, 1)).discriminator.trunk_size == 40
+  assert gan_trainer.build_state(config, (28, 28, 1)).discriminator.trunk.image_size == 40
   config = projected_config(tmp_path / "trunk.msgpack")
   config.model.d_trunk_stages = ("layer1", "layer9")
   with pytest.raises(ConfigError, match="unknown stages"):

@@ -179,7 +179,7 @@ def files(tmp_path_factory, reference):
     pickle.dump({"fc.weight": Payload()}, f)
   (d / "text.msgpack").write_text("not weights")
   variables = pretrained.from_torchvision(torchvision.models.resnet34().state_dict(), "resnet34")
-  pretrained.save(str(d / "resnet34.msgpack"), variables, {"arch": "resnet34", "source": "test", "sha256": ""})
+  pretrained.save(str(d / "resnet34.msgpack"), variables, pretrained.WeightsMeta("resnet34", source="test"))
   shutil.copytree(reference, d / "gan_run")
   shutil.copytree(reference, d / "all_damaged")
   for step in checkpoint_steps(str(d / "all_damaged")):

@@ -123,7 +123,7 @@ def test_cli_converts_a_local_file_and_round_trips(torch_resnet18, converted18, 
   torch.save(torch_resnet18.state_dict(), src)
   assert pretrained.main(["--arch=resnet18", f"--output={out}", f"--torch-file={src}"]) == 0
   variables, meta = pretrained.load(out)
-  assert meta["arch"] == "resnet18" and meta["sha256"] == pretrained.sha256_of(src)
+  assert meta.arch == "resnet18" and meta.sha256 == pretrained.sha256_of(src)
   for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(converted18)):
     np.testing.assert_array_equal(a, b)
   assert pretrained.main(["--arch=resnet18", f"--output={out}", f"--torch-file={tmp_path}/none.pth"]) == 2

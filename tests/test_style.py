@@ -117,7 +117,7 @@ def test_offline_features_are_the_fashion_network_per_channel(tmp_path, images):
   from tlgan.trainers import style as trainer
   variables, meta = pretrained.load(feature_networks.shipped_weights("fashion_mnist"))
   width = variables["params"]["conv1"]["kernel"].shape[-1]
-  model = pretrained.model_for("resnet18", 10, width=width, stem=meta["stem"])
+  model = pretrained.model_for("resnet18", 10, width=width, stem=meta.stem)
   config = style_config.get_config("smoke")
   config.features = "fashion_mnist"
   content, style_image = images

@@ -163,7 +163,7 @@ def test_evaluate_in_another_feature_space(finished_run, tmp_path):
   model = pretrained.model_for("resnet18", 10, stem="cifar", width=8)
   variables = model.init(jax.random.key(5), np.zeros((1, 32, 32, 3), np.float32), train=False)
   path = str(tmp_path / "other.msgpack")
-  pretrained.save(path, variables, {"arch": "resnet18", "stem": "cifar", "image_size": "32"})
+  pretrained.save(path, variables, pretrained.WeightsMeta("resnet18", stem="cifar", image_size=32))
   with tfds.testing.mock_data(num_examples=64):
     result = export.evaluate_run(workdir, path, 40)
     test_images, _ = gan_trainer.data.load_split("fashion_mnist", "test", manual_dir="/nonexistent")

@@ -28,7 +28,6 @@ import numpy as np
 from tlgan import pretrained, reporting
 from tlgan.errors import UserError
 from tlgan.evaluation import FeatureStats
-from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metric_networks")
 # dataset -> (metric network name, sha256 of its file in SHIPPED_DIR); written by experiments.metric_network
@@ -45,7 +44,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class FeatureNetwork:
-  """uint8 images (N, H, W, C) -> (features (N, dim), logits (N, classes) or None). `apply` takes [-1, 1]."""
+  """uint8 images (N, H, W, C) -> (features (N, dim), logits (N, classes) or None). `apply` takes [0, 1]."""
   name: str
   weights_sha256: str
   dim: int
@@ -57,7 +56,7 @@ class FeatureNetwork:
                       f"{np.asarray(images).dtype}")
     feats, logits = [], []
     for i in range(0, len(images), batch_size):
-      f, l = self.apply(jnp.asarray(images[i:i + batch_size], jnp.float32) / 127.5 - 1.0)
+      f, l = self.apply(jnp.asarray(images[i:i + batch_size], jnp.float32) / 255.0)
       feats.append(np.asarray(f))
       logits.append(np.asarray(l))
     return np.concatenate(feats), np.concatenate(logits)
@@ -94,27 +93,15 @@ def metric_weights(dataset: str, feature_weights: str = "") -> str:
 
 
 def domain_resnet(weights_path: str, dataset: str) -> FeatureNetwork:
-  """The ResNet18 in `weights_path` (a tlgan weights file of a classifier run), as the trainer fed it:
-  [0, 1] pixels, 3 channels, resized to the trained size, ImageNet normalisation. Features: the pooled
-  512-d features scaled to norm sqrt(512) (see below); logits: its classifier head on the raw features."""
-  variables, meta = pretrained.load(weights_path)
-  num_classes = variables["params"]["fc"]["kernel"].shape[1]
-  width = variables["params"]["conv1"]["kernel"].shape[-1]
-  stem = meta.get("stem", "imagenet")
-  image_size = int(meta.get("image_size", 32))
-  model = pretrained.model_for(meta.get("arch", "resnet18"), num_classes, stem=stem, width=width)
+  """The ResNet in `weights_path` (a tlgan weights file of a classifier run), fed as it was trained
+  (`pretrained.classifier_input`). Features: the pooled features scaled to norm sqrt(dim) (see below);
+  logits: its classifier head on the raw features."""
+  model, variables, meta = pretrained.open_network(weights_path)
   variables = jax.tree.map(jnp.asarray, variables)
-  mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
 
   @jax.jit
-  def apply(images):
-    x = (images + 1.0) / 2.0
-    if x.shape[-1] == 1:
-      x = jnp.repeat(x, 3, axis=-1)
-    if x.shape[1:3] != (image_size, image_size):
-      x = jax.image.resize(x, (x.shape[0], image_size, image_size, 3), "linear", antialias=False)
-    x = (x - mean) / std
-    feats = model.apply(variables, x, features_only=True)
+  def apply(pixels):
+    feats = model.apply(variables, pretrained.classifier_input(pixels, meta), features_only=True)
     head = variables["params"]["fc"]
     logits = feats @ head["kernel"] + head["bias"]
     # The raw pooled features' norms differ 20x between classes (Fashion-MNIST's trousers), so FD and KID
@@ -124,37 +111,32 @@ def domain_resnet(weights_path: str, dataset: str) -> FeatureNetwork:
     return feats, logits
 
   digest = pretrained.sha256_of(weights_path)
-  return FeatureNetwork(name=network_name(meta, width, dataset, digest), weights_sha256=digest,
+  return FeatureNetwork(name=network_name(meta, dataset, digest), weights_sha256=digest,
                         dim=int(variables["params"]["fc"]["kernel"].shape[0]), apply=apply)
 
 
-def network_name(meta, width: int, dataset: str, digest: str) -> str:
+def network_name(meta: pretrained.WeightsMeta, dataset: str, digest: str) -> str:
   """A shipped network's own name; any other network's name says its shape and carries its weights' hash
   (FD[resnet18w16-cifarstem-fashion_mnist@1a2b3c4d]), so numbers of unpinned networks are never confused."""
   for name, pinned in SHIPPED.values():
     if digest == pinned:
       return name
-  shape = f"{meta.get('arch', 'resnet18')}{'' if width == 64 else f'w{width}'}"
-  stem = meta.get("stem", "imagenet")
-  return f"{shape}{'' if stem == 'imagenet' else f'-{stem}stem'}-{dataset}@{digest[:8]}"
+  shape = f"{meta.arch}{'' if meta.width == 64 else f'w{meta.width}'}"
+  return f"{shape}{'' if meta.stem == 'imagenet' else f'-{meta.stem}stem'}-{dataset}@{digest[:8]}"
 
 
 def inception_fid(weights_path: str) -> FeatureNetwork:
   """pytorch-fid's Inception-v3 (converted with `python -m tlgan.pretrained --arch=inception_v3_fid`):
   numbers in its space are FID proper. Grayscale images are copied to 3 channels, as pytorch-fid does."""
-  from tlgan.models.inception import InceptionV3FID
-  variables, meta = pretrained.load(weights_path)
-  if meta.get("arch") != pretrained.INCEPTION_FID:
-    raise UserError(f"{weights_path} holds {meta.get('arch')!r} weights, not {pretrained.INCEPTION_FID}: convert "
+  model, variables, meta = pretrained.open_network(weights_path)
+  if meta.arch != pretrained.INCEPTION_FID:
+    raise UserError(f"{weights_path} holds {meta.arch!r} weights, not {pretrained.INCEPTION_FID}: convert "
                     "pytorch-fid's weights with python -m tlgan.pretrained --arch=inception_v3_fid")
   variables = jax.tree.map(jnp.asarray, variables)
-  model = InceptionV3FID()
 
   @jax.jit
-  def apply(images):
-    x = (images + 1.0) / 2.0
-    if x.shape[-1] == 1:
-      x = jnp.repeat(x, 3, axis=-1)
+  def apply(pixels):
+    x = jnp.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
     return model.apply(variables, x)
 
   return FeatureNetwork(name=pretrained.INCEPTION_FID, weights_sha256=pretrained.sha256_of(weights_path),

@@ -8,8 +8,7 @@ from typing import Callable, Dict, Sequence
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 
 def classifier_map_fn(*, image_size: int, channels: int = 3, mean: Sequence[float] = IMAGENET_MEAN,

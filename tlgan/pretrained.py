@@ -12,6 +12,7 @@ Files are loaded with `torch.load(..., weights_only=True)`: a file that carries 
 torch is needed only here (`pip install -e .[torch]`) and imported lazily.
 """
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -38,6 +39,9 @@ ARCHS[INCEPTION_FID] = dict(
     module=None, sha256_prefix="6726825d",
     url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth")
 FORMAT = "tlgan-pretrained-v1"
+# Every tlgan ResNet is fed [0, 1] pixels normalised with ImageNet's statistics (`classifier_input`).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ConversionError(UserError):
@@ -217,9 +221,52 @@ def download(arch: str, cache_dir: Optional[str] = None) -> str:
   return path
 
 
-def save(path: str, variables: Mapping[str, Any], meta: Mapping[str, str]) -> None:
+@dataclasses.dataclass(frozen=True)
+class WeightsMeta:
+  """What a tlgan weights file says about its network: written by `save`, read by `load`, nowhere else.
+
+  `arch`: a key of ARCHS. `stem`, `width`, `num_classes`: the model's shape. How the network was fed in
+  training (`classifier_input` repeats it): `image_size` (0: any, e.g. ImageNet conversions), `channels`,
+  `source_size` (> 0: images were first reduced to it). Provenance: `source`, `sha256` (of a converted source
+  file), `dataset` ('' for ImageNet conversions)."""
+  arch: str
+  source: str = ""
+  sha256: str = ""
+  stem: str = "imagenet"
+  width: int = 64
+  num_classes: int = 1000
+  image_size: int = 0
+  channels: int = 3
+  source_size: int = 0
+  dataset: str = ""
+  name: str = ""  # a metric network's name, e.g. resnet18w16-fashion_mnist
+  test_accuracy: str = ""
+
+  @classmethod
+  def from_file(cls, raw: Mapping[str, Any], variables: Mapping[str, Any], path: str) -> "WeightsMeta":
+    """The record of a file's metadata; fields older files lack come from the variables or the defaults."""
+    if raw.get("arch") not in ARCHS:
+      raise UserError(f"{path} names no known architecture (arch={raw.get('arch')!r}): not a tlgan weights file "
+                      f"of {', '.join(ARCHS)}")
+    params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
+    derived = {}
+    if raw["arch"] != INCEPTION_FID:
+      try:
+        derived = {"width": int(np.shape(params["conv1"]["kernel"])[-1]),
+                   "num_classes": int(np.shape(params["fc"]["kernel"])[-1])}
+      except (KeyError, TypeError, IndexError):
+        raise UserError(f"{path} has no conv1/fc parameters: not the weights of a tlgan {raw['arch']}") from None
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    values = {k: (int(v) if fields[k] in (int, "int") else str(v)) for k, v in raw.items() if k in fields}
+    return cls(**{**values, **derived})
+
+
+def save(path: str, variables: Mapping[str, Any], meta: WeightsMeta) -> None:
   """Writes variables + metadata as one flax msgpack file, atomically."""
-  payload = {"format": FORMAT, **meta, "variables": jax.tree.map(np.asarray, dict(variables))}
+  fields = dataclasses.asdict(meta)
+  for derived in ("width", "num_classes"):  # always read back from the variables themselves
+    fields.pop(derived)
+  payload = {"format": FORMAT, **fields, "variables": jax.tree.map(np.asarray, dict(variables))}
   data = serialization.msgpack_serialize(payload)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
@@ -229,7 +276,7 @@ def save(path: str, variables: Mapping[str, Any], meta: Mapping[str, str]) -> No
   os.replace(tmp, path)
 
 
-def load(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def load(path: str) -> Tuple[Dict[str, Any], WeightsMeta]:
   """Reads a file written by `save`: (variables, metadata)."""
   if not os.path.isfile(path):
     raise UserError(f"pretrained weights {path} do not exist: convert them with python -m tlgan.pretrained")
@@ -238,11 +285,85 @@ def load(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
       payload = serialization.msgpack_restore(f.read())
     except Exception:
       raise UserError(f"{path} is not a tlgan weights file (convert with python -m tlgan.pretrained)") from None
-  if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+  if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("variables"), dict):
     raise UserError(f"{path} is not a tlgan weights file (convert with python -m tlgan.pretrained)")
   variables = payload.pop("variables")
   payload.pop("format")
-  return variables, payload
+  return variables, WeightsMeta.from_file(payload, variables, path)
+
+
+def open_network(path: str, **model_kwargs):
+  """(model, variables, metadata) of a tlgan weights file: the one way to get a network out of a file. The
+  shape comes from the file (`model_kwargs`, e.g. dtype or conv_impl, go to the ResNet), and every variable
+  the model needs must be in the file with its shape, else `ConversionError` names the first that is not."""
+  variables, meta = load(path)
+  if meta.arch == INCEPTION_FID:
+    from tlgan.models.inception import InceptionV3FID
+    model, size = InceptionV3FID(), 299
+  else:
+    model, size = model_for(meta.arch, meta.num_classes, stem=meta.stem, width=meta.width, **model_kwargs), 32
+  init = (lambda: model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32))) if meta.arch == INCEPTION_FID \
+      else (lambda: model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32), train=False))
+  for col, tree in jax.eval_shape(init).items():
+    have = traverse_util.flatten_dict(variables.get(col, {})) if isinstance(variables.get(col), Mapping) else {}
+    for key, want in traverse_util.flatten_dict(tree).items():
+      if key not in have or np.shape(have[key]) != want.shape:
+        found = "nothing" if key not in have else f"shape {np.shape(have[key])}"
+        raise ConversionError(f"{path} has {found} for {col}/{'/'.join(key)} of its {meta.arch} (needs "
+                              f"{want.shape}): a damaged or foreign weights file")
+  return model, variables, meta
+
+
+def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """(size_out, size_in) weights of tf.image.crop_and_resize along one axis, unshifted: output pixel i samples
+  the source at (i + 0.5) * size_in / size_out - 0.5 (half-pixel centres); outside [0, size_in - 1] it is 0."""
+  m = np.zeros((size_out, size_in), np.float64)
+  for i in range(size_out):
+    pos = (i + 0.5) * size_in / size_out - 0.5
+    if pos < 0 or pos > size_in - 1:
+      continue  # crop_and_resize's extrapolation value (0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, size_in - 1)
+    m[i, lo] += 1.0 - (pos - lo)
+    m[i, hi] += pos - lo
+  return m
+
+
+def _area_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """(size_out, size_in) weights of tf.image.resize(method='area') along one axis: each output pixel is the
+  mean of the source over its footprint, partial pixels weighted by their overlap."""
+  m = np.zeros((size_out, size_in), np.float64)
+  scale = size_in / size_out
+  for i in range(size_out):
+    start, end = i * scale, (i + 1) * scale
+    for j in range(int(np.floor(start)), min(int(np.ceil(end)), size_in)):
+      m[i, j] = (min(end, j + 1) - max(start, j)) / scale
+  return m
+
+
+def classifier_input(pixels, meta: WeightsMeta):
+  """Images as the classifier in a weights file saw them in training (`tlgan.preprocessing.classifier_map_fn`,
+  unaugmented): `pixels` in [0, 1], (N, H, W, C) -> channels repeated to `meta.channels`, reduced to
+  `meta.source_size` by area averaging, resized to `meta.image_size` exactly as tf.image.crop_and_resize does
+  (half-pixel centres, zeros beyond the border), ImageNet-normalised. Differentiable (G's gradients flow
+  through it in the projected discriminator); the resizes are two small matrix products."""
+  import jax.numpy as jnp
+  x = pixels.astype(jnp.float32)
+  if x.shape[-1] == 1 and meta.channels == 3:
+    x = jnp.repeat(x, 3, axis=-1)
+  if meta.source_size and x.shape[1] != meta.source_size:
+    x = _resize(x, _area_matrix(x.shape[1], meta.source_size), _area_matrix(x.shape[2], meta.source_size))
+  if meta.image_size and x.shape[1:3] != (meta.image_size, meta.image_size):
+    x = _resize(x, _bilinear_matrix(x.shape[1], meta.image_size), _bilinear_matrix(x.shape[2], meta.image_size))
+  c = x.shape[-1]
+  return (x - jnp.asarray(IMAGENET_MEAN[:c], jnp.float32)) / jnp.asarray(IMAGENET_STD[:c], jnp.float32)
+
+
+def _resize(x, rows: np.ndarray, cols: np.ndarray):
+  import jax.numpy as jnp
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("oh,nhwc->nowc", jnp.asarray(rows, jnp.float32), x, precision=hi)
+  return jnp.einsum("pw,nowc->nopc", jnp.asarray(cols, jnp.float32), x, precision=hi)
 
 
 def check_sha256(path: str, expected_prefix: str) -> None:
@@ -253,7 +374,7 @@ def check_sha256(path: str, expected_prefix: str) -> None:
 
 
 def convert(arch: str, output: str, torch_file: Optional[str] = None,
-            sha256: Optional[str] = None) -> Dict[str, str]:
+            sha256: Optional[str] = None) -> WeightsMeta:
   """The CLI's work: (download or read) -> check -> convert -> save. Returns the metadata written.
 
   A local file is checked against `sha256` (a prefix) when given, and against torchvision's published hash
@@ -269,7 +390,7 @@ def convert(arch: str, output: str, torch_file: Optional[str] = None,
   elif torch_file and os.path.basename(torch_file) == os.path.basename(ARCHS[arch]["url"]):
     check_sha256(source, ARCHS[arch]["sha256_prefix"])
   variables = from_torchvision(load_torch_file(source), arch)
-  meta = {"arch": arch, "source": os.path.basename(source), "sha256": sha256_of(source)}
+  meta = WeightsMeta(arch=arch, source=os.path.basename(source), sha256=sha256_of(source))
   save(output, variables, meta)
   return meta
 
@@ -287,7 +408,7 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {args.output}: {meta['arch']} from {meta['source']} (sha256 {meta['sha256'][:12]}...)")
+  print(f"wrote {args.output}: {meta.arch} from {meta.source} (sha256 {meta.sha256[:12]}...)")
   return 0
 
 

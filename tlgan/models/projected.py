@@ -1,7 +1,7 @@
 """A discriminator on a frozen pretrained trunk (after Projected GANs, Sauer et al., NeurIPS 2021).
 
-The image goes through a pretrained ResNet18 (fed as its classifier was trained: [0, 1] pixels, 3 channels,
-resized to its training size, ImageNet normalisation), whose weights and BatchNorm statistics stay fixed; small
+The image goes through a pretrained ResNet18 (fed exactly as its classifier was trained,
+`pretrained.classifier_input`), whose weights and BatchNorm statistics stay fixed; small
 trainable heads read several of its stages (each: a 3x3 convolution, BatchNorm, LeakyReLU, a 1x1 convolution to
 one logit per position, averaged over positions) and their logits are summed. The real/fake decision is thus
 made in a feature space learned on real data, and only the heads learn.
@@ -20,10 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tlgan import pretrained
 from tlgan.models.dcgan import _batch_norm, dcgan_init
 from tlgan.models.layers import Conv
 from tlgan.models.resnet import ResNet
-from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ProjectedDiscriminator(nn.Module):
@@ -31,24 +31,17 @@ class ProjectedDiscriminator(nn.Module):
   image_shape: Sequence[int] = (28, 28, 1)
   features: int = 64  # each head's width
   stages: Sequence[str] = ("layer1", "layer2", "layer3")
-  trunk_width: int = 64
-  trunk_stem: str = "imagenet"
-  trunk_size: int = 32  # the trunk's training resolution
+  trunk: pretrained.WeightsMeta = pretrained.WeightsMeta("resnet18", num_classes=1, image_size=32)  # its file's record
   conv_impl: str = "auto"
   dtype: Any = None
   axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    x = (x.astype(jnp.float32) + 1.0) / 2.0
-    if x.shape[-1] == 1:
-      x = jnp.repeat(x, 3, axis=-1)
-    if x.shape[1:3] != (self.trunk_size, self.trunk_size):
-      x = jax.image.resize(x, (x.shape[0], self.trunk_size, self.trunk_size, 3), "linear", antialias=False)
-    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    x = pretrained.classifier_input((x.astype(jnp.float32) + 1.0) / 2.0, self.trunk)
     frozen = nn.map_variables(ResNet, "params", trans_in_fn=jax.lax.stop_gradient, init=self.is_initializing(),
                               mutable=self.is_initializing())
-    trunk = frozen(stage_sizes=(2, 2, 2, 2), num_classes=1, stem=self.trunk_stem, width=self.trunk_width,
+    trunk = frozen(stage_sizes=(2, 2, 2, 2), num_classes=1, stem=self.trunk.stem, width=self.trunk.width,
                    conv_impl=self.conv_impl, dtype=self.dtype, name="trunk")
     feats = trunk(x, train=False, stages=tuple(self.stages))  # inference BatchNorm: the trunk never changes
     logits = jnp.zeros((x.shape[0],), jnp.float32)
@@ -71,7 +64,6 @@ def trunk_labels(d_params):
 def load_trunk(d_params, d_batch_stats, weights):
   """(params, batch_stats) with the trunk replaced by `weights` (a tlgan weights file's variables, e.g. a
   classifier trained on the source data); every trunk variable must be there with its shape."""
-  from tlgan import pretrained
   fresh = {"params": d_params["trunk"], "batch_stats": d_batch_stats["trunk"]}
   merged, _ = pretrained.merge_pretrained(fresh, weights, ())
   merged = jax.tree.map(jnp.asarray, merged)

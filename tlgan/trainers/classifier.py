@@ -53,9 +53,9 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
 def check_init_weights(config):
   """(weights, meta) of `config.init.weights`, refusing a missing or foreign file and another architecture."""
   weights, meta = pretrained.load(config.init.weights)
-  if meta.get("arch", config.model.arch) != config.model.arch:
-    raise ConfigError(f"{config.init.weights} holds {meta['arch']} weights, the model is {config.model.arch}: "
-                      f"set --config.model.arch={meta['arch']} or choose other weights")
+  if meta.arch != config.model.arch:
+    raise ConfigError(f"{config.init.weights} holds {meta.arch} weights, the model is {config.model.arch}: "
+                      f"set --config.model.arch={meta.arch} or choose other weights")
   return weights, meta
 
 
@@ -233,9 +233,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     final_state = jax.device_get(result.state)
     pretrained.save(os.path.join(workdir, "model.msgpack"),
                     {"params": final_state.params, "batch_stats": final_state.batch_stats},
-                    {"arch": config.model.arch, "source": f"tlgan classifier on {config.data.name}",
-                     "sha256": "", "stem": config.model.stem, "image_size": config.model.image_size,
-                     "dataset": config.data.name})
+                    pretrained.WeightsMeta(
+                        arch=config.model.arch, source=f"tlgan classifier on {config.data.name}",
+                        stem=config.model.stem, image_size=config.model.image_size, channels=config.model.channels,
+                        source_size=config.data.source_size, dataset=config.data.name))
   summary = {
       "experiment": "classifier",
       "dataset": config.data.name,

@@ -7,6 +7,7 @@ Order of business, so that bad input never changes a workdir: check the config, 
 with the workdir's checkpoint (and restore it), load the data; only then write anything.
 """
 
+import dataclasses
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tlgan import data, parallel, reporting
+from tlgan import data, feature_networks, parallel, pretrained, reporting
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.models.dcgan import Discriminator, Generator, num_upsamplings
@@ -47,9 +48,8 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
   trunk = None
   if m.discriminator == "projected":
     trunk, trunk_meta = read_trunk(config)
-    discriminator = ProjectedDiscriminator(
-        features=m.d_features, stages=tuple(m.d_trunk_stages), trunk_width=trunk_meta["width"],
-        trunk_stem=trunk_meta["stem"], trunk_size=trunk_meta["image_size"], **kwargs)
+    discriminator = ProjectedDiscriminator(features=m.d_features, stages=tuple(m.d_trunk_stages), trunk=trunk_meta,
+                                           **kwargs)
     d_tx = frozen_where(d_tx, trunk_labels)
   elif m.discriminator == "dcgan":
     discriminator = Discriminator(features=m.d_features, **kwargs)
@@ -81,26 +81,23 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
 
 
 def read_trunk(config):
-  """The projected discriminator's trunk: (variables, {'width', 'stem', 'image_size'}) from a classifier's
-  weights file, which must not be the FD feature network (a discriminator on the metric's own features can
-  game the metric, Kynkaanniemi et al. 2022)."""
-  from tlgan import feature_networks, pretrained
+  """The projected discriminator's trunk: (variables, its file's record, with the resolution it is fed at)
+  from a classifier's weights file, which must not be the FD feature network (a discriminator on the metric's
+  own features can game the metric, Kynkaanniemi et al. 2022)."""
   m, e = config.model, config.eval
   path = m.d_trunk_weights
   if not path or not os.path.isfile(path):
     raise ConfigError(f"model.d_trunk_weights={path!r} does not exist: train the trunk first with python -m "
                       "experiments.main --config=configs/transfer.py:fashion_pretrain --workdir=runs/fashion_resnet18"
                       " (or point --config.model.d_trunk_weights at another tlgan ResNet18 weights file)")
-  variables, meta = pretrained.load(path)
-  if meta.get("arch", "resnet18") != "resnet18":
-    raise ConfigError(f"model.d_trunk_weights={path} holds {meta.get('arch')} weights: the trunk is a resnet18")
+  _, variables, meta = pretrained.open_network(path)
+  if meta.arch != "resnet18":
+    raise ConfigError(f"model.d_trunk_weights={path} holds {meta.arch} weights: the trunk is a resnet18")
   metric = feature_networks.metric_weights(config.data.name, e.feature_weights) if e.enabled and e.domain_network else ""
   if metric and pretrained.sha256_of(metric) == pretrained.sha256_of(path):
     raise ConfigError(f"model.d_trunk_weights={path} is the FD feature network itself ({metric}): the "
                       "discriminator would be trained on the metric's features; use another trunk")
-  info = {"width": int(variables["params"]["conv1"]["kernel"].shape[-1]), "stem": meta.get("stem", "imagenet"),
-          "image_size": int(m.d_trunk_size or meta.get("image_size", 32))}
-  return variables, info
+  return variables, dataclasses.replace(meta, image_size=int(m.d_trunk_size or meta.image_size or 32))
 
 
 def frozen_where(tx: optax.GradientTransformation, labels) -> optax.GradientTransformation:

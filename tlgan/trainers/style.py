@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tlgan import pretrained, reporting, style
+from tlgan import feature_networks, pretrained, reporting, style
 from tlgan.errors import ConfigError, UserError
 from tlgan.trainers import loop
 
@@ -43,23 +43,16 @@ def feature_network(config, content: np.ndarray, style_image: np.ndarray):
                       "applied to each colour channel (convert weights with python -m tlgan.pretrained for the "
                       "usual result)", config.weights)
   if choice == "imagenet":
-    model = pretrained.model_for("resnet18", 1000)
-    fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
-    weights, meta = pretrained.load(config.weights)
-    if meta.get("arch") != "resnet18":
-      raise UserError(f"{config.weights} holds {meta.get('arch')} weights; style transfer uses resnet18")
-    variables, _ = pretrained.merge_pretrained(fresh, weights, ())
+    model, variables, meta = pretrained.open_network(config.weights)
+    if meta.arch != "resnet18":
+      raise UserError(f"{config.weights} holds {meta.arch} weights; style transfer uses resnet18")
     return (style.resnet_features(model, jax.tree.map(jnp.asarray, variables)), f"resnet18 ({config.weights})",
             choice)
   if choice == "fashion_mnist":
-    from tlgan import feature_networks
     path = feature_networks.shipped_weights("fashion_mnist")
-    variables, meta = pretrained.load(path)
-    model = pretrained.model_for("resnet18", variables["params"]["fc"]["kernel"].shape[1],
-                                 stem=meta.get("stem", "imagenet"),
-                                 width=variables["params"]["conv1"]["kernel"].shape[-1])
+    model, variables, meta = pretrained.open_network(path)
     features = style.per_channel(style.resnet_features(model, jax.tree.map(jnp.asarray, variables)))
-    return features, f"{meta.get('name', 'resnet18-fashion_mnist')} per colour channel ({path})", choice
+    return features, f"{meta.name} per colour channel ({path})", choice
   model = pretrained.model_for("resnet18", 1000)
   fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
   variables = style.calibrate_batch_stats(model, fresh, [content, style_image])
