@@ -13,8 +13,8 @@ Every network takes uint8 images, as real data comes and as pytorch-fid, clean-f
 generated samples: samples are quantised (`to_uint8`) before they are scored.
 
 Reference features of real data are computed once and cached as .npz under
-`<cache_dir>/reference/<dataset>-<split>-<network>-<weights sha256[:12]>-n<N>.npz`, so another network or
-other weights never reuse stale statistics.
+`<cache_dir>/reference/<dataset>-<split>-<network>-<weights sha256[:12]>-v<FEATURES_VERSION>-n<N>.npz`, so
+another network, other weights or another way of feeding them never reuse stale features.
 """
 
 import dataclasses
@@ -29,6 +29,9 @@ from tlgan import pretrained, reporting
 from tlgan.errors import UserError
 from tlgan.evaluation import FeatureStats
 
+# Bumped whenever the features of given weights change (v2: `pretrained.classifier_input`, zeros beyond the
+# border as in training, instead of an edge-clamping resize).
+FEATURES_VERSION = 2
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "metric_networks")
 # dataset -> (metric network name, sha256 of its file in SHIPPED_DIR); written by experiments.metric_network
 SHIPPED = {
@@ -147,7 +150,8 @@ def reference_features(net: FeatureNetwork, images_uint8: np.ndarray, *, dataset
                        cache_dir: str) -> np.ndarray:
   """Features of real images (uint8 NHWC), cached by dataset, split, network and weights."""
   folder = os.path.join(os.path.expanduser(cache_dir), "reference")
-  path = os.path.join(folder, f"{dataset}-{split}-{net.name}-{net.weights_sha256[:12]}-n{len(images_uint8)}.npz")
+  name = f"{dataset}-{split}-{net.name}-{net.weights_sha256[:12]}-v{FEATURES_VERSION}-n{len(images_uint8)}.npz"
+  path = os.path.join(folder, name)
   if os.path.exists(path):
     with np.load(path) as cached:
       return cached["features"]
