@@ -19,6 +19,8 @@ Any field can be overridden: --config.num_steps=500 --config.batch_size=128 --co
 
 import ml_collections
 
+from configs import variants
+
 
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
@@ -88,48 +90,67 @@ def get_config(arg=None):
   config.num_sample_images = 64  # fixed-noise grid, 8x8
   config.inject_nan_at_step = 0  # test hook: > 0 poisons that step's batch with NaN (the run must stop)
 
-  for variant in filter(None, (arg or "").split(",")):
-    if variant == "mnist":  # no shipped metric network: FID in pytorch-fid's Inception-v3 (as for cifar10)
-      config.data.name = "mnist"
-      config.data.manual_dir = ""
-      config.eval.domain_network = False
-      config.eval.inception_weights = "weights/pt_inception.msgpack"
-    elif variant == "cifar10":  # no shipped metric network: FID in pytorch-fid's Inception-v3
-      config.data.name = "cifar10"
-      config.num_steps = 5000
-      config.batch_size = 128
-      config.eval.domain_network = False
-      config.eval.inception_weights = "weights/pt_inception.msgpack"
-    elif variant == "fid50k":  # the CIFAR-10 literature's FID: 50k samples vs the whole training split
-      config.eval.split = "train"
-      config.eval.final_num_samples = 50000  # (precision/recall: on 10,000 of them, eval.prdc_num)
-    elif variant == "digits":  # a limited-data target: scikit-learn's 1,258 training digits at 28x28
-      config.data.name = "digits28"
-      config.num_steps = 1000
-      config.sample_every = 200
-      config.checkpoint_every = 200
-      config.eval.every = 500
-      config.eval.num_samples = 1000
-      config.eval.final_num_samples = 2000
-      config.eval.kid_subset_size = 200  # the reference is the 539 test digits
-    elif variant == "projected":
-      config.model.discriminator = "projected"
-    elif variant == "smoke":
-      config.model.latent_dim = 16
-      config.model.g_features = 8
-      config.model.d_features = 8
-      config.batch_size = 8
-      config.num_steps = 4
-      config.log_every = 2
-      config.sample_every = 2
-      config.checkpoint_every = 2
-      config.num_sample_images = 16
-      config.ema_decay = 0.9
-      config.eval.every = 2
-      config.eval.num_samples = 24
-      config.eval.final_num_samples = 32
-      config.eval.kid_subsets = 3
-      config.eval.kid_subset_size = 8
-    else:
-      raise ValueError(f"unknown variant {variant!r} of configs/gan.py: use smoke, mnist, cifar10, fid50k, digits or projected")
-  return config
+  return variants.apply(config, arg, VARIANTS, __file__)
+
+
+def mnist(config):
+  """MNIST; no shipped metric network: FID in pytorch-fid's Inception-v3 (as for cifar10)."""
+  config.data.name = "mnist"
+  config.data.manual_dir = ""
+  config.eval.domain_network = False
+  config.eval.inception_weights = "weights/pt_inception.msgpack"
+
+
+def cifar10(config):
+  """CIFAR-10 at 32x32x3; no shipped metric network: FID in pytorch-fid's Inception-v3."""
+  config.data.name = "cifar10"
+  config.num_steps = 5000
+  config.batch_size = 128
+  config.eval.domain_network = False
+  config.eval.inception_weights = "weights/pt_inception.msgpack"
+
+
+def fid50k(config):
+  """The CIFAR-10 literature's FID: 50k samples vs the whole training split."""
+  config.eval.split = "train"
+  config.eval.final_num_samples = 50000  # (precision/recall: on 10,000 of them, eval.prdc_num)
+
+
+def digits(config):
+  """A limited-data target: scikit-learn's 1,258 training digits at 28x28."""
+  config.data.name = "digits28"
+  config.num_steps = 1000
+  config.sample_every = 200
+  config.checkpoint_every = 200
+  config.eval.every = 500
+  config.eval.num_samples = 1000
+  config.eval.final_num_samples = 2000
+  config.eval.kid_subset_size = 200  # the reference is the 539 test digits
+
+
+def projected(config):
+  """D = trainable heads on a frozen ResNet18 classifier (model.d_trunk_weights)."""
+  config.model.discriminator = "projected"
+
+
+def smoke(config):
+  """A tiny model for a few steps (tests, CI)."""
+  config.model.latent_dim = 16
+  config.model.g_features = 8
+  config.model.d_features = 8
+  config.batch_size = 8
+  config.num_steps = 4
+  config.log_every = 2
+  config.sample_every = 2
+  config.checkpoint_every = 2
+  config.num_sample_images = 16
+  config.ema_decay = 0.9
+  config.eval.every = 2
+  config.eval.num_samples = 24
+  config.eval.final_num_samples = 32
+  config.eval.kid_subsets = 3
+  config.eval.kid_subset_size = 8
+
+
+VARIANTS = {"mnist": mnist, "cifar10": cifar10, "fid50k": fid50k, "digits": digits, "projected": projected,
+            "smoke": smoke}

@@ -11,17 +11,12 @@ pinned in `tlgan.feature_networks.SHIPPED`. A new dataset gets a variant here, a
 `get_config(dataset)` returns a classifier config (configs/transfer.py's fields).
 """
 
-from configs import transfer
-
-DATASETS = ("fashion_mnist", "digits28")
-
+from configs import transfer, variants
 
 def get_config(arg=None):
-  dataset = arg or "fashion_mnist"
-  if dataset not in DATASETS:
-    raise ValueError(f"unknown dataset {dataset!r} of configs/metric_network.py: use one of {', '.join(DATASETS)}")
+  if len(variants.names(arg)) > 1:
+    raise variants.VariantError(f"configs/metric_network.py takes one dataset, got {arg!r}")
   config = transfer.get_config("fashion_pretrain")
-  config.data.name = dataset
   config.model.width = 16
   config.model.stem = "cifar"
   config.model.image_size = 32
@@ -29,14 +24,26 @@ def get_config(arg=None):
   config.optim.learning_rate = 0.1
   config.log_every = 100
   config.checkpoint_every = 500
-  if dataset == "fashion_mnist":
-    config.num_epochs = 3.0
-    config.optim.warmup_epochs = 0.3
-    config.eval_every_epochs = 1.0
-  else:  # 1,258 training digits: more epochs, no flips (a flipped digit is another digit, or none)
-    config.batch_size = 64
-    config.augment.flip = False
-    config.num_epochs = 30.0
-    config.optim.warmup_epochs = 3.0
-    config.eval_every_epochs = 10.0
-  return config
+  return variants.apply(config, arg or "fashion_mnist", VARIANTS, __file__)
+
+
+def fashion_mnist(config):
+  """60,000 training images: 3 epochs."""
+  config.data.name = "fashion_mnist"
+  config.num_epochs = 3.0
+  config.optim.warmup_epochs = 0.3
+  config.eval_every_epochs = 1.0
+
+
+def digits28(config):
+  """1,258 training digits: more epochs, no flips (a flipped digit is another digit, or none)."""
+  config.data.name = "digits28"
+  config.batch_size = 64
+  config.augment.flip = False
+  config.num_epochs = 30.0
+  config.optim.warmup_epochs = 3.0
+  config.eval_every_epochs = 10.0
+
+
+VARIANTS = {"fashion_mnist": fashion_mnist, "digits28": digits28}
+DATASETS = tuple(VARIANTS)

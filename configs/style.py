@@ -14,6 +14,8 @@ Variants: configs/style.py:adam (Adam instead of L-BFGS), configs/style.py:smoke
 
 import ml_collections
 
+from configs import variants
+
 
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
@@ -39,16 +41,22 @@ def get_config(arg=None):
   config.num_steps = 100
   config.log_every = 10
 
-  for variant in filter(None, (arg or "").split(",")):
-    if variant == "adam":
-      config.optimizer = "adam"
-      config.num_steps = 400
-    elif variant == "smoke":
-      config.features = "random"
-      config.compare_smoothing = False  # SWAG has its own test; this keeps the CLI test short
-      config.image_size = 64
-      config.num_steps = 6
-      config.log_every = 2
-    else:
-      raise ValueError(f"unknown variant {variant!r} of configs/style.py: use adam or smoke")
-  return config
+  return variants.apply(config, arg, VARIANTS, __file__)
+
+
+def adam(config):
+  """Adam instead of L-BFGS."""
+  config.optimizer = "adam"
+  config.num_steps = 400
+
+
+def smoke(config):
+  """Tiny and fast, random features (tests)."""
+  config.features = "random"
+  config.compare_smoothing = False  # SWAG has its own test; this keeps the CLI test short
+  config.image_size = 64
+  config.num_steps = 6
+  config.log_every = 2
+
+
+VARIANTS = {"adam": adam, "smoke": smoke}

@@ -14,6 +14,8 @@ Discriminative learning rates: --config.optim.backbone_lr_factor=0.1 (backbone l
 
 import ml_collections
 
+from configs import variants
+
 
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
@@ -74,37 +76,48 @@ def get_config(arg=None):
   config.keep_checkpoints = 2
   config.inject_nan_at_step = 0  # test hook: > 0 poisons that step's batch with NaN (the run must stop)
 
-  for variant in filter(None, (arg or "").split(",")):
-    if variant == "fashion_pretrain":
-      config.data.name = "fashion_mnist"
-      config.init.weights = ""
-      config.optim.learning_rate = 0.1
-      config.num_epochs = 5.0
-      config.augment.crop_padding = 2
-    elif variant == "digits":
-      config.data.name = "digits"
-      config.init.weights = ""
-      config.augment.crop_padding = 2
-      config.augment.flip = False  # a flipped digit is another digit, or none
-      config.batch_size = 64
-      config.optim.learning_rate = 0.02
-      config.num_epochs = 30.0
-      config.eval_every_epochs = 10.0
-      config.log_every = 20
-    elif variant == "linear_probe":
-      config.mode = "linear_probe"
-      config.optim.weight_decay = 0.0
-    elif variant == "smoke":
-      config.data.name = "fashion_mnist"
-      config.init.weights = ""
-      config.batch_size = 8
-      config.eval_batch_size = 16
-      config.num_epochs = 1.0
-      config.log_every = 2
-      config.checkpoint_every = 4
-      config.model.image_size = 32
-      config.model.width = 8
-    else:
-      raise ValueError(f"unknown variant {variant!r} of configs/transfer.py: "
-                       "use fashion_pretrain, digits, linear_probe or smoke")
-  return config
+  return variants.apply(config, arg, VARIANTS, __file__)
+
+
+def fashion_pretrain(config):
+  """ResNet18 from scratch on Fashion-MNIST (real data, offline); exports model.msgpack."""
+  config.data.name = "fashion_mnist"
+  config.init.weights = ""
+  config.optim.learning_rate = 0.1
+  config.num_epochs = 5.0
+  config.augment.crop_padding = 2
+
+
+def digits(config):
+  """scikit-learn's handwritten digits (offline), from --config.init.weights (or scratch)."""
+  config.data.name = "digits"
+  config.init.weights = ""
+  config.augment.crop_padding = 2
+  config.augment.flip = False  # a flipped digit is another digit, or none
+  config.batch_size = 64
+  config.optim.learning_rate = 0.02
+  config.num_epochs = 30.0
+  config.eval_every_epochs = 10.0
+  config.log_every = 20
+
+
+def linear_probe(config):
+  """Train only the head; the backbone and its BatchNorm stay frozen."""
+  config.mode = "linear_probe"
+  config.optim.weight_decay = 0.0
+
+
+def smoke(config):
+  """A tiny run for tests."""
+  config.data.name = "fashion_mnist"
+  config.init.weights = ""
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.num_epochs = 1.0
+  config.log_every = 2
+  config.checkpoint_every = 4
+  config.model.image_size = 32
+  config.model.width = 8
+
+
+VARIANTS = {"fashion_pretrain": fashion_pretrain, "digits": digits, "linear_probe": linear_probe, "smoke": smoke}

@@ -4,12 +4,13 @@
 
 Runs the pretraining (configs/transfer.py:fashion_pretrain), then for 10, 50 and all labels per class and
 3 seeds: full fine-tuning, a linear probe, and the same network from scratch, each for the same number of
-steps; writes results.md (and the README's table). Variant `smoke`: tiny, for tests.
+steps; writes results.md (and the README's table). Variants: `smoke` (tiny, for tests), `quick` (one seed,
+all labels).
 """
 
 import ml_collections
 
-from configs import transfer
+from configs import transfer, variants
 
 
 def get_config(arg=None):
@@ -27,17 +28,27 @@ def get_config(arg=None):
   config.seeds = (0, 1, 2)
   config.update_readme = False
   config.readme = "README.md"
-  if arg == "smoke":
-    for sub in (config.pretrain, config.finetune):
-      sub.model.width = 8
-      sub.batch_size = 8
-      sub.eval_batch_size = 16
-      sub.data.manual_dir = "/nonexistent"
-    config.pretrain.num_epochs = 1.0
-    config.finetune.num_steps = 3
-    config.finetune.checkpoint_every = 3
-    config.per_class = (1,)
-    config.seeds = (0,)
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of configs/transfer_study.py: use smoke")
-  return config
+  return variants.apply(config, arg, VARIANTS, __file__)
+
+
+def smoke(config):
+  """Tiny, for tests."""
+  for sub in (config.pretrain, config.finetune):
+    sub.model.width = 8
+    sub.batch_size = 8
+    sub.eval_batch_size = 16
+    sub.data.manual_dir = "/nonexistent"
+  config.pretrain.num_epochs = 1.0
+  config.finetune.num_steps = 3
+  config.finetune.checkpoint_every = 3
+  config.per_class = (1,)
+  config.seeds = (0,)
+
+
+def quick(config):
+  """One seed and the full label count only: a first look in a fraction of the time."""
+  config.per_class = (0,)
+  config.seeds = (0,)
+
+
+VARIANTS = {"smoke": smoke, "quick": quick}

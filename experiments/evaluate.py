@@ -38,6 +38,7 @@ VARIANTS = {"fashion_mnist": "", "digits28": "digits", "mnist": "mnist", "cifar1
 
 def main(argv):
   del argv
+  from configs import gan
   from tlgan import reporting
   from tlgan.errors import UserError
   from tlgan.trainers import export
@@ -47,7 +48,6 @@ def main(argv):
     if FLAGS.samples:
       if FLAGS.dataset not in VARIANTS:
         raise UserError(f"--dataset={FLAGS.dataset}: use one of {', '.join(VARIANTS)}")
-      from configs import gan
       config = gan.get_config(VARIANTS[FLAGS.dataset])
       config.eval.feature_weights = FLAGS.feature_weights
       config.eval.cache_dir = FLAGS.cache_dir or config.eval.cache_dir
@@ -56,7 +56,8 @@ def main(argv):
       result = export.score_samples(FLAGS.samples, config, FLAGS.split)
       print(json.dumps(result, sort_keys=True))
       return 0
-    result = export.evaluate_run(FLAGS.workdir, FLAGS.feature_weights, FLAGS.num, FLAGS.which, FLAGS.cache_dir)
+    result = export.evaluate_run(FLAGS.workdir, FLAGS.feature_weights, FLAGS.num, FLAGS.which, FLAGS.cache_dir,
+                                 defaults=gan.get_config())
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -27,11 +27,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  from configs import gan
   from tlgan.errors import UserError
   from tlgan.trainers import export
   try:
     path = export.export_samples(FLAGS.workdir, FLAGS.num, FLAGS.output, seed=FLAGS.seed,
-                                 batch_size=FLAGS.batch_size, which=FLAGS.which)
+                                 batch_size=FLAGS.batch_size, which=FLAGS.which, defaults=gan.get_config())
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

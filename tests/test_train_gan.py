@@ -222,6 +222,6 @@ def test_old_run_config_reads_with_todays_defaults(tmp_path):
   del saved["model"]["discriminator"]
   saved["model"]["d_features"], saved["model"]["d_trunk_stages"] = 32, ["layer1"]  # JSON gives lists
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  config = export.load_run_config(str(tmp_path))
+  config = export.load_run_config(str(tmp_path), defaults=gan.get_config())
   assert config.model.discriminator == "dcgan" and config.model.d_features == 32
   assert list(config.model.d_trunk_stages) == ["layer1"]

@@ -3,6 +3,7 @@ the metrics of a finished run or of any sample file."""
 
 import json
 import os
+from typing import Optional
 
 import jax
 import ml_collections
@@ -14,18 +15,18 @@ from tlgan.errors import UserError
 from tlgan.trainers import gan_eval
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config saved by a run; for GAN runs laid over today's defaults, so that runs saved before a field
-  existed (e.g. model.discriminator) read as they ran: with that field's default."""
+def load_run_config(workdir: str, defaults: Optional[ml_collections.ConfigDict] = None) -> ml_collections.ConfigDict:
+  """The config saved by a run, laid over `defaults` (today's config of its experiment, which the caller
+  passes: `configs.gan.get_config()`) when given, so that runs saved before a field existed (e.g.
+  model.discriminator) read as they ran: with that field's default."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"{workdir} has no config.json: is it the workdir of a tlgan run?")
   with open(path) as f:
     saved = json.load(f)
-  if saved.get("experiment") != "gan":
+  if defaults is None or saved.get("experiment") != defaults.get("experiment"):
     return ml_collections.ConfigDict(saved)
-  from configs import gan
-  config = gan.get_config()
+  config = ml_collections.ConfigDict(defaults.to_dict())
 
   def overlay(target, values):
     for key, value in values.items():
@@ -39,10 +40,11 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def restore_run(workdir: str, which: str = "latest"):
-  """(config, state, step) of a GAN run's latest (or best-FD) checkpoint, with the config saved in the run."""
+def restore_run(workdir: str, which: str = "latest", defaults=None):
+  """(config, state, step) of a GAN run's latest (or best-FD) checkpoint, with the config saved in the run
+  (over `defaults`, see `load_run_config`)."""
   from tlgan.trainers.gan import BEST_METRIC, build_state
-  config = load_run_config(workdir)
+  config = load_run_config(workdir, defaults)
   if config.experiment != "gan":
     raise UserError(f"{workdir} is a {config.experiment} run, not a GAN run")
   state = build_state(config, data.spec(config.data.name).image_shape)
@@ -59,13 +61,14 @@ def _load_split(config, split: str) -> np.ndarray:
   return images
 
 
-def evaluate_run(workdir: str, feature_weights: str, num: int, which: str = "latest", cache_dir: str = "") -> dict:
+def evaluate_run(workdir: str, feature_weights: str, num: int, which: str = "latest", cache_dir: str = "",
+                 defaults=None) -> dict:
   """The metrics of a finished GAN run's samples (its evaluation latents) in the space of a metric network (the
   shipped one when `feature_weights` is '', else a tlgan ResNet weights file trained on the run's dataset),
   with the floor of real training images."""
   if num < 2:
     raise UserError(f"--num must be 2 or more, got {num}")
-  config, state, step = restore_run(workdir, which)
+  config, state, step = restore_run(workdir, which, defaults)
   config.eval.feature_weights = feature_weights
   config.eval.domain_network = True
   config.eval.inception_weights = ""
@@ -114,14 +117,14 @@ def score_samples(path: str, config, split: str = "") -> dict:
 
 
 def export_samples(workdir: str, num: int, output: str, seed=None, batch_size: int = 500,
-                   which: str = "latest") -> str:
+                   which: str = "latest", defaults=None) -> str:
   """Writes `num` uint8 samples to `output`: by default from the run's evaluation latents (so that scoring
   the file reproduces the run's own numbers); with `seed`, from jax.random.key(seed)'s latents."""
   if num <= 0:
     raise UserError(f"--num must be positive, got {num}")
   if batch_size <= 0:
     raise UserError(f"--batch_size must be positive, got {batch_size}")
-  config, state, step = restore_run(workdir, which)
+  config, state, step = restore_run(workdir, which, defaults)
   if seed is None:
     z = gan_eval.eval_latents(config.seed, num, config.model.latent_dim)
   else:
