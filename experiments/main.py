@@ -7,7 +7,6 @@ Ctrl-C saves a checkpoint and exits with status 3; the same command resumes it.
 """
 
 import os
-import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -105,37 +104,57 @@ def main(argv):
 
 
 def _parse_or_exit(argv):
-  """Parses the flags and loads the config; a bad flag, config file or override is one line on stderr and
-  exit status 2."""
+  """Parses the flags and loads the config; a bad flag, config file, variant or override is one line on stderr
+  and exit status 2. The config file, its variants and the override names are checked here, against the
+  config itself; what absl and ml_collections still refuse (a value of the wrong type) is their first line."""
+  verbose = "--verbose" in argv or "--verbose=true" in argv
   try:
+    problem = _check_config_args(argv)
+    if problem:
+      raise ValueError(problem)
     remaining = FLAGS(argv)
     FLAGS.config.experiment  # a config file that failed to load raises here
     return remaining
-  except Exception as e:  # absl flag errors, and ml_collections' errors for files and overrides
-    if "--verbose" in argv or "--verbose=true" in argv:
+  except Exception as e:  # our checks, absl flag errors, ml_collections' errors for values
+    if verbose:
       raise
-    print(f"error: {_one_line(e, argv)}", file=sys.stderr)
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
     sys.exit(2)
 
 
-def _one_line(e: Exception, argv) -> str:
-  text = str(e).strip()
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  config_arg = next((a for a in argv if a.startswith("--config=")), "--config")
-  if "No such file or directory" in text and not text.startswith("flag "):
-    return f"{config_arg}: no such config file"
-  if text.startswith("flag "):  # a value absl or the config could not take
-    if "Traceback" in text:  # raised while loading the config file: its last line says it
-      return f"{lines[0].split(':')[0]}: {lines[-1].split(': ', 1)[-1]}"
-    return lines[0]
-  words = set(re.findall(r"\w+", text))
-  culprit = next((a.split("=")[0] for a in argv if a.startswith("--config.")
-                  and a.split("=")[0].rsplit(".", 1)[-1] in words), None)
-  if culprit:
-    hint = re.search(r'Did you mean "(\w+)"', text)
-    return (f"{culprit}: the config has no field '{culprit.rsplit('.', 1)[-1]}'"
-            + (f" (did you mean {hint.group(1)}?)" if hint else "; check the spelling in the config file"))
-  return lines[0] if lines else type(e).__name__
+def _check_config_args(argv):
+  """The problem with --config=FILE[:VARIANTS] and the --config.FIELD=VALUE names, or None: the file exists,
+  its get_config(VARIANTS) runs, and every overridden field exists in the config it returns."""
+  import difflib
+  import importlib.util
+  import ml_collections
+  spec_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec_arg is None:
+    return None  # absl reports the missing flag
+  path, _, variant_arg = spec_arg.partition(":")
+  if not os.path.isfile(path):
+    return f"--config={spec_arg}: no such config file"
+  module_spec = importlib.util.spec_from_file_location("_tlgan_config_check", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    config = module.get_config(variant_arg or None)
+  except ValueError as e:  # configs.variants.VariantError and the files' own checks
+    return f"--config={spec_arg}: {e}"
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    name = arg[2:].split("=", 1)[0]
+    node = config
+    for key in name.split(".")[1:]:
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(key, fields, n=1)
+        return (f"--{name}: the config has no field '{key}'"
+                + (f" (did you mean {close[0]}?)" if close else "; check the spelling in the config file"))
+      node = node[key]
+  return None
 
 
 if __name__ == "__main__":

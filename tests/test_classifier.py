@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.conftest import override
+from tests.helpers import override
 from tlgan import pretrained
 from tlgan.models.resnet import ResNet
 from tlgan.steps import classifier as clf
@@ -21,10 +21,9 @@ MODEL = ResNet(stage_sizes=(1, 1), width=8, num_classes=5)
 
 
 def make_state(mode="full", factor=1.0, optimizer="sgd", weight_decay=0.0, momentum=0.9, smoothing=0.0):
-  tx_fn = lambda p: clf.make_optimizer(p, mode=mode, optimizer=optimizer, learning_rate=0.1,
-                                       backbone_lr_factor=factor, momentum=momentum, weight_decay=weight_decay,
-                                       warmup_steps=0, total_steps=100)
-  return clf.init_state(jax.random.key(0), MODEL, tx_fn, image_shape=SHAPE, num_classes=5,
+  tx = clf.make_optimizer(mode=mode, optimizer=optimizer, learning_rate=0.1, backbone_lr_factor=factor,
+                          momentum=momentum, weight_decay=weight_decay, warmup_steps=0, total_steps=100)
+  return clf.init_state(jax.random.key(0), MODEL, tx, image_shape=SHAPE, num_classes=5,
                         label_smoothing=smoothing, mode=mode)
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def fake_run(folder, fd, kid, rate, wall, steps, fd_curve):

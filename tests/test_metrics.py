@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.conftest import REPO, override, run_cli
+from tests.helpers import REPO, override, run_cli
 from tlgan import data, evaluation, feature_networks, pretrained
 from tlgan.errors import UserError
 

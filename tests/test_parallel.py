@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # Parameters of different device layouts differ only by float32 reduction order (sums split over devices and
 # combined by all-reduce): ~1e-7 relative per operation. After a few Adam/SGD steps that stays far below the

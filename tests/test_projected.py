@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_train_gan import smoke, train
+from tests.helpers import smoke_gan, train_gan
 from tlgan import pretrained
 from tlgan.errors import ConfigError
 from tlgan.models.projected import ProjectedDiscriminator
@@ -29,7 +29,7 @@ def make_trunk(path, width=8, seed=0):
 
 
 def projected_config(trunk_path, **overrides):
-  config = smoke(**overrides)
+  config = smoke_gan(**overrides)
   config.model.discriminator = "projected"
   config.model.d_trunk_weights = str(trunk_path)
   return config
@@ -106,7 +106,7 @@ def test_trunk_config_and_errors(tmp_path):
   assert gan_trainer.build_state(config, (28, 28, 1)).discriminator.trunk.image_size == 40
   config = projected_config(tmp_path / "trunk.msgpack")
   config.model.d_trunk_stages = ("layer1", "layer9")
-  with pytest.raises(ConfigError, match="unknown stages"):
+  with pytest.raises(ConfigError, match="model.d_trunk_stages holds 'layer9', which is not one of stem, layer1"):
     gan_trainer.build_state(config, (28, 28, 1))
 
 
@@ -114,6 +114,6 @@ def test_end_to_end_run_with_projected_discriminator(tmp_path):
   make_trunk(tmp_path / "trunk.msgpack")
   config = projected_config(tmp_path / "trunk.msgpack", num_steps=4)
   config.eval.enabled = False
-  summary = train(config, tmp_path / "run")
+  summary = train_gan(config, tmp_path / "run")
   assert summary["status"] == "completed" and summary["step"] == 4
   assert all(np.isfinite(v) for v in summary["final_metrics"].values())

@@ -6,18 +6,15 @@ Kill tests run the real CLI in subprocesses on the real (offline) Fashion-MNIST 
 
 import glob
 import os
-import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_cli, tree_hash
+from tests.helpers import checkpoint_steps, kill_twice_then_finish, run_cli, start, tree_hash, wait_for
 
 STEPS, EVERY = 3000, 250  # ~400 steps/s: a run lasts long enough to be hit mid-way
 GAN = ["--config=configs/gan.py:smoke", f"--config.num_steps={STEPS}", f"--config.checkpoint_every={EVERY}",
@@ -45,25 +42,6 @@ def assert_same_state(workdir_a, workdir_b):
     np.testing.assert_array_equal(x, y)  # bit for bit
 
 
-def start(workdir, env=None, args=GAN):
-  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "a")
-  return subprocess.Popen([sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *args], cwd=REPO,
-                          env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
-
-
-def checkpoint_steps(workdir):
-  folder = os.path.join(workdir, "checkpoints")
-  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
-
-
-def wait_for(predicate, proc, timeout=300):
-  deadline = time.time() + timeout
-  while not predicate():
-    assert proc.poll() is None, f"the run ended (status {proc.returncode}) before the awaited moment"
-    assert time.time() < deadline
-    time.sleep(0.02)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """The uninterrupted run every interrupted one must end equal to."""
@@ -76,7 +54,7 @@ def reference(tmp_path_factory):
 @pytest.mark.slow
 def test_sigterm_then_resume_is_exact(reference, tmp_path):
   workdir = str(tmp_path / "run")
-  proc = start(workdir)
+  proc = start(workdir, GAN)
   wait_for(lambda: checkpoint_steps(workdir), proc)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=120) == 3  # preempted: saved, resumable
@@ -84,21 +62,8 @@ def test_sigterm_then_resume_is_exact(reference, tmp_path):
   assert "SIGTERM received: checkpoint saved at step" in log
   stopped_at = checkpoint_steps(workdir)[-1]
   assert 0 < stopped_at < STEPS
-  assert start(workdir).wait(timeout=300) == 0
+  assert start(workdir, GAN).wait(timeout=300) == 0
   assert_same_state(workdir, reference)
-
-
-def kill_twice_then_finish(workdir, args, num_steps, seed=0):
-  rng = random.Random(seed)
-  for kill in range(2):
-    before = (checkpoint_steps(workdir) or [0])[-1]
-    proc = start(workdir, args=args)
-    wait_for(lambda: (checkpoint_steps(workdir) or [0])[-1] > before, proc)
-    time.sleep(rng.uniform(0.0, 1.0))
-    proc.kill()
-    proc.wait()
-  assert checkpoint_steps(workdir)[-1] < num_steps  # the kills did land mid-run
-  assert start(workdir, args=args).wait(timeout=300) == 0
 
 
 @pytest.mark.slow
@@ -112,14 +77,14 @@ def test_kill9_at_random_moments_then_resume_is_exact(reference, tmp_path):
 def test_kill9_while_a_checkpoint_is_written_then_resume_is_exact(reference, tmp_path):
   workdir = str(tmp_path / "run")
   folder = os.path.join(workdir, "checkpoints")
-  proc = start(workdir, env={"TLGAN_TEST_CHECKPOINT_DELAY_S": "120"})  # every write stalls before its commit
+  proc = start(workdir, GAN, env={"TLGAN_TEST_CHECKPOINT_DELAY_S": "120"})  # every write stalls before its commit
   in_progress = lambda: os.path.isdir(folder) and any("tmp" in d for d in os.listdir(folder))
   wait_for(in_progress, proc)
   time.sleep(0.5)
   proc.kill()
   proc.wait()
   assert in_progress() and checkpoint_steps(workdir) == []  # half-written, never committed
-  assert start(workdir).wait(timeout=300) == 0
+  assert start(workdir, GAN).wait(timeout=300) == 0
   assert_same_state(workdir, reference)
 
 
@@ -189,10 +154,20 @@ def files(tmp_path_factory, reference):
 
 CLF = ["--config=configs/transfer.py:smoke", "--config.num_steps=2", "--config.data.name=digits"]  # small, offline
 BAD_INPUT = [
-    # (id, command, args, message prefix)
+    # (id, command, args, message prefix[, environment])
     ("unknown config field", "main", GAN + ["--config.foo=1"], "error: --config.foo: the config has no field 'foo'"),
+    ("mistyped config field", "main", GAN + ["--config.model.latnt_dim=3"],
+     "error: --config.model.latnt_dim: the config has no field 'latnt_dim' (did you mean latent_dim?)"),
+    ("config value of the wrong type", "main", GAN + ["--config.batch_size=abc"],
+     "error: flag --config.batch_size=abc: invalid literal for int()"),
+    ("unknown variant", "main", ["--config=configs/gan.py:smok"],
+     "error: --config=configs/gan.py:smok: unknown variant 'smok' of configs/gan.py: use one of mnist, cifar10,"),
+    ("no such config file", "main", ["--config=configs/gna.py"], "error: --config=configs/gna.py: no such config file"),
     ("unknown dataset", "main", GAN + ["--config.data.name=imagenet42"], "error: unknown dataset 'imagenet42'"),
     ("non-positive batch", "main", GAN + ["--config.batch_size=-8"], "error: batch_size must be positive, got -8"),
+    ("zero batch", "main", GAN + ["--config.batch_size=0"], "error: batch_size must be positive, got 0"),
+    ("batch not divisible by the devices", "main", GAN + ["--config.batch_size=3"],
+     "error: batch_size 3 is not divisible by the 2 devices", {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}),
     ("non-divisible batch", "main", CLF + ["--config.batch_size=8", "--config.grad_accum_steps=3"],
      "error: the per-device batch 8"),
     ("image_size too small", "main", CLF + ["--config.model.image_size=4"],
@@ -235,7 +210,7 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_one_line_error_and_nothing_changed(files, tmp_path, case):
-  _, command, args, message = case
+  _, command, args, message, *env = case
   args = [a.format(d=files) for a in args]
   if command == "main" and not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={tmp_path}/work")
@@ -243,8 +218,7 @@ def test_bad_input_one_line_error_and_nothing_changed(files, tmp_path, case):
   if command == "convert":
     args.append(f"--output={tmp_path}/work/weights.msgpack")
   before = tree_hash(str(files))
-  result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+  result = run_cli(*args, module=module, env=env[0] if env else None)
   assert result.returncode == 2, result.stderr[-3000:]
   lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and lines[0] == result.stderr.strip().splitlines()[-1]

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_reliability import kill_twice_then_finish, start
+from tests.helpers import kill_twice_then_finish, start
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_classifier_kill9_at_random_moments_then_resume_is_exact(tmp_path):
   args = ["--config=configs/transfer.py:smoke", "--config.data.name=digits", "--config.num_steps=600",
           "--config.checkpoint_every=100", "--config.log_every=100", "--config.eval_every_epochs=1000"]
   reference_dir, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
-  assert start(reference_dir, args=args).wait(timeout=300) == 0
+  assert start(reference_dir, args).wait(timeout=300) == 0
   kill_twice_then_finish(workdir, args, 600, seed=1)
   a, _ = pretrained.load(os.path.join(workdir, "model.msgpack"))
   b, _ = pretrained.load(os.path.join(reference_dir, "model.msgpack"))

@@ -34,11 +34,12 @@ import numpy as np
 import optax
 
 from tlgan.errors import UserError
-from tlgan.models.resnet import BatchNorm
+from tlgan.models.resnet import STAGES, BatchNorm
 from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 SMOOTHINGS = ("swag", "none")
+OPTIMIZERS = ("lbfgs", "adam")
+INITS = ("content", "noise")
 
 
 # ---------------------------------------------------------------------------------------------------- images

@@ -77,17 +77,26 @@ class Generator(_DCGANModule):
     return jnp.tanh(x.astype(jnp.float32))
 
 
+def d_block_layers(num_blocks: int) -> Tuple[str, ...]:
+  """The names of the layers in D's first `num_blocks` blocks from the image side (block i: its convolution
+  `Conv_i` and, but for the first, the BatchNorm after it, `BatchNorm_{i-1}`): what FreezeD freezes."""
+  return tuple(f"Conv_{i}" for i in range(num_blocks)) + tuple(f"BatchNorm_{i - 1}" for i in range(1, num_blocks))
+
+
 class Discriminator(_DCGANModule):
-  """images (N, H, W, C) in [-1, 1] -> logits (N,)."""
+  """images (N, H, W, C) in [-1, 1] -> logits (N,).
+
+  Its layers are named explicitly (`d_block_layers` and checkpoints depend on the names); the names are the
+  ones flax gave them automatically before, so older checkpoints load and initialisation is unchanged."""
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     widths = stage_widths(self.image_shape[0], self.features)
     for i, width in enumerate(widths):
       x = Conv(width, (4, 4), (2, 2), (1, 1), use_bias=(i == 0), impl=self.conv_impl,
-               kernel_init=dcgan_init, dtype=self.dtype)(x)
+               kernel_init=dcgan_init, dtype=self.dtype, name=f"Conv_{i}")(x)
       if i > 0:
-        x = _batch_norm(train, self.axis_name, self.dtype)(x)
+        x = _batch_norm(train, self.axis_name, self.dtype, name=f"BatchNorm_{i - 1}")(x)
       x = nn.leaky_relu(x, 0.2)
     x = x.reshape(x.shape[0], -1)
-    return nn.Dense(1, kernel_init=dcgan_init, dtype=self.dtype)(x)[:, 0].astype(jnp.float32)
+    return nn.Dense(1, kernel_init=dcgan_init, dtype=self.dtype, name="Dense_0")(x)[:, 0].astype(jnp.float32)

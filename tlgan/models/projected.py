@@ -55,12 +55,6 @@ class ProjectedDiscriminator(nn.Module):
     return logits
 
 
-def trunk_labels(d_params):
-  """'frozen' for the trunk's parameters, 'train' for the heads (an optax.multi_transform labelling)."""
-  return {name: jax.tree.map(lambda _: "frozen" if name == "trunk" else "train", sub)
-          for name, sub in d_params.items()}
-
-
 def load_trunk(d_params, d_batch_stats, weights):
   """(params, batch_stats) with the trunk replaced by `weights` (a tlgan weights file's variables, e.g. a
   classifier trained on the source data); every trunk variable must be there with its shape."""

@@ -29,6 +29,7 @@ from jax import lax
 from tlgan.models.layers import Conv
 
 STEMS = ("imagenet", "cifar")
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # outputs a caller can ask for (ResNet18/34/50)
 
 # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convolutions.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

@@ -15,9 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct, traverse_util
+
+from tlgan import param_groups
+from flax import struct
 
 MODES = ("full", "linear_probe")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 HEAD = "fc"
 
 
@@ -37,16 +40,7 @@ class ClassifierState(struct.PyTreeNode):
     return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def param_labels(params, mode: str):
-  """'head' for the classifier head, 'backbone' (full) or 'frozen' (linear_probe) for the rest."""
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  flat = traverse_util.flatten_dict(params)
-  body = "frozen" if mode == "linear_probe" else "backbone"
-  return traverse_util.unflatten_dict({k: ("head" if k[0] == HEAD else body) for k in flat})
-
-
-def make_optimizer(params, *, mode: str = "full", optimizer: str = "sgd", learning_rate: float = 0.1,
+def make_optimizer(*, mode: str = "full", optimizer: str = "sgd", learning_rate: float = 0.1,
                    backbone_lr_factor: float = 1.0, momentum: float = 0.9, weight_decay: float = 0.0,
                    warmup_steps: int = 0, total_steps: int = 1000) -> optax.GradientTransformation:
   """SGD-momentum / Adam / AdamW with a warm-up + cosine schedule, per parameter group.
@@ -68,21 +62,22 @@ def make_optimizer(params, *, mode: str = "full", optimizer: str = "sgd", learni
       return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask), optax.adam(schedule(peak)))
     if optimizer == "adamw":
       return optax.adamw(schedule(peak), weight_decay=weight_decay, mask=decay_mask)
-    raise ValueError(f"optimizer must be sgd, adam or adamw, got {optimizer!r}")
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
 
-  return optax.multi_transform(
-      {"head": group(learning_rate), "backbone": group(learning_rate * backbone_lr_factor),
-       "frozen": optax.set_to_zero()},
-      param_labels(params, mode))
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  return param_groups.optimizer(
+      {"head": group(learning_rate), "backbone": group(learning_rate * backbone_lr_factor), "frozen": None},
+      [(HEAD, "head")], default="frozen" if mode == "linear_probe" else "backbone")
 
 
-def init_state(rng, model: nn.Module, tx_fn, *, image_shape, num_classes: int, label_smoothing: float = 0.0,
+def init_state(rng, model: nn.Module, tx: optax.GradientTransformation, *, image_shape, num_classes: int, label_smoothing: float = 0.0,
                mode: str = "full", variables: Optional[Dict[str, Any]] = None) -> ClassifierState:
-  """A state from fresh variables (or given ones, e.g. merged pretrained weights); `tx_fn(params) -> tx`."""
+  """A state from fresh variables (or given ones, e.g. merged pretrained weights) and an optimiser (e.g.
+  `make_optimizer`'s)."""
   if variables is None:
     variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params = variables["params"]
-  tx = tx_fn(params)
   return ClassifierState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                          opt_state=tx.init(params), model=model, tx=tx, num_classes=num_classes,
                          label_smoothing=label_smoothing, bn_train=(mode == "full"))

@@ -23,27 +23,40 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from tlgan import data, parallel, pretrained, reporting
+from tlgan import config_checks, data, parallel, pretrained, reporting
 from tlgan.checkpoint import Checkpointer
-from tlgan.errors import ConfigError, UserError
-from tlgan.models.layers import COMPUTE_DTYPES
+from tlgan.errors import ConfigError
+from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
+from tlgan.models.resnet import STEMS
 from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, classifier_map_fn
 from tlgan.steps import classifier as clf
 from tlgan.trainers import loop
 
+RESNETS = tuple(arch for arch, info in pretrained.ARCHS.items() if info["module"])
+
+
+# Every field with a fixed set of values, and the table that holds them (checked before anything is built).
+CHOICES = {
+    "data.name": data.DATASETS, "mode": clf.MODES, "optim.name": clf.OPTIMIZERS, "model.arch": RESNETS,
+    "model.stem": STEMS, "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "parallel.mode": parallel.MODES,
+}
+
+
+def check_config(config) -> None:
+  """Every value the classifier trainer can refuse from the config alone, refused before anything is built."""
+  config_checks.check_choices(config, CHOICES)
+  if config.model.image_size < 8:
+    raise ConfigError(f"model.image_size {config.model.image_size} is too small for a ResNet: use 32 or more")
+  spec = data.spec(config.data.name)
+  if config.model.num_classes and config.model.num_classes != spec.num_classes:
+    raise ConfigError(f"model.num_classes={config.model.num_classes} but {config.data.name} has {spec.num_classes} "
+                      "classes: set --config.model.num_classes=0 (from the dataset)")
+
 
 def build_model(config, num_classes: int, axis_name=None):
   m = config.model
-  if m.dtype not in COMPUTE_DTYPES:
-    raise ConfigError(f"model.dtype must be one of {sorted(COMPUTE_DTYPES)}, got {m.dtype!r}")
-  if m.image_size < 8:
-    raise ConfigError(f"model.image_size {m.image_size} is too small for a ResNet: use 32 or more")
-  try:
-    return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=COMPUTE_DTYPES[m.dtype],
-                                conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual,
-                                axis_name=axis_name)
-  except UserError as e:
-    raise ConfigError(f"{e} (set --config.model.arch)") from None
+  return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=COMPUTE_DTYPES[m.dtype],
+                              conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual, axis_name=axis_name)
 
 
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
@@ -61,6 +74,7 @@ def check_init_weights(config):
 
 def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, log=True, axis_name=None):
   """(state, names of variables not loaded): fresh, or initialised from `config.init.weights`."""
+  check_config(config)
   model = build_model(config, num_classes, axis_name=axis_name)
   image_shape = (config.model.image_size, config.model.image_size, config.model.channels)
   fresh = model.init(jax.random.fold_in(jax.random.key(config.seed), 0x1A17), jnp.zeros((1, *image_shape)),
@@ -72,18 +86,13 @@ def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, lo
     if log:
       logging.info("Initialised from %s (%s); not loaded: %s", config.init.weights, meta, ", ".join(not_loaded))
   o = config.optim
-  if config.mode not in clf.MODES:
-    raise ConfigError(f"mode must be one of {clf.MODES}, got {config.mode!r}")
-  tx_fn = lambda params: clf.make_optimizer(
-      params, mode=config.mode, optimizer=o.name, learning_rate=o.learning_rate,
-      backbone_lr_factor=o.backbone_lr_factor, momentum=o.momentum, weight_decay=o.weight_decay,
-      warmup_steps=int(o.warmup_epochs * epoch_steps), total_steps=total_steps)
-  try:
-    state = clf.init_state(None, model, tx_fn, image_shape=image_shape, num_classes=num_classes,
-                           label_smoothing=o.label_smoothing, mode=config.mode,
-                           variables=jax.tree.map(jnp.asarray, variables))
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  tx = clf.make_optimizer(
+      mode=config.mode, optimizer=o.name, learning_rate=o.learning_rate, backbone_lr_factor=o.backbone_lr_factor,
+      momentum=o.momentum, weight_decay=o.weight_decay, warmup_steps=int(o.warmup_epochs * epoch_steps),
+      total_steps=total_steps)
+  state = clf.init_state(None, model, tx, image_shape=image_shape, num_classes=num_classes,
+                         label_smoothing=o.label_smoothing, mode=config.mode,
+                         variables=jax.tree.map(jnp.asarray, variables))
   return state, not_loaded
 
 
@@ -140,15 +149,11 @@ def class_names(name: str, num_classes: int):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) the classifier of `config` in `workdir`; returns the summary (also summary.json)."""
   wall_start = time.time()
-  ds_spec = data.spec(config.data.name)
-  num_classes = config.model.num_classes or ds_spec.num_classes
-  if num_classes != ds_spec.num_classes:
-    raise ConfigError(f"model.num_classes={num_classes} but {config.data.name} has {ds_spec.num_classes} "
-                      "classes: set --config.model.num_classes=0 (from the dataset)")
+  check_config(config)
+  num_classes = data.spec(config.data.name).num_classes
   sizes = parallel.batch_sizes(config.batch_size, config.grad_accum_steps)
   loop.check_workdir(workdir)
-  build_model(config, num_classes)  # fail on the model and its weights file before loading any data
-  if config.init.weights:
+  if config.init.weights:  # fail on the weights file before loading any data
     check_init_weights(config)
   par = parallel.Parallel(config.parallel.mode)
   mesh = par.mesh

@@ -18,28 +18,59 @@ import ml_collections
 import numpy as np
 import optax
 
-from tlgan import data, feature_networks, parallel, pretrained, reporting
+from tlgan import config_checks, data, feature_networks, param_groups, parallel, pretrained, reporting
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
-from tlgan.models.dcgan import Discriminator, Generator, num_upsamplings
-from tlgan.models.layers import COMPUTE_DTYPES
-from tlgan.models.projected import ProjectedDiscriminator, load_trunk, trunk_labels
+from tlgan.losses import LOSSES
+from tlgan.models.dcgan import Discriminator, Generator, d_block_layers, num_upsamplings
+from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
+from tlgan.models.projected import ProjectedDiscriminator, load_trunk
+from tlgan.models.resnet import STAGES
 from tlgan.steps import gan as gan_step
 from tlgan.trainers import gan_eval, loop
 
 
 BEST_METRIC = "fd"  # the main metric network's FD, stored with the checkpoints saved at evaluations
+DISCRIMINATORS = ("dcgan", "projected")
+# Every field with a fixed set of values, and the table that holds them (checked before anything is built).
+CHOICES = {
+    "data.name": data.DATASETS, "loss": LOSSES, "model.discriminator": DISCRIMINATORS,
+    "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "model.d_trunk_stages": STAGES,
+    "parallel.mode": parallel.MODES,
+}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every value the GAN trainer can refuse, refused before anything is built, read or written."""
+  check_model_config(config)
+  if config.eval.enabled:
+    gan_eval.check_eval_config(config)
+
+
+def check_model_config(config: ml_collections.ConfigDict) -> None:
+  """What `build_state` needs: the tables' values, a dataset D can shrink, EMA and FreezeD in range."""
+  config_checks.check_choices(config, CHOICES)
+  m = config.model
+  image_shape = data.spec(config.data.name).image_shape
+  try:
+    num_blocks = num_upsamplings(image_shape[0])
+  except ValueError as e:
+    raise ConfigError(f"data.name={config.data.name}: {e}") from None
+  if not 0 <= config.ema_decay < 1:
+    raise ConfigError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+  frozen = config.transfer.freeze_d_layers
+  if frozen and m.discriminator != "dcgan":
+    raise ConfigError("transfer.freeze_d_layers is for the DCGAN discriminator (the projected one's trunk is "
+                      "frozen already): set it to 0")
+  if not 0 <= frozen <= num_blocks:
+    raise ConfigError(f"transfer.freeze_d_layers={frozen}, but D has {num_blocks} convolution blocks: "
+                      f"use 1..{num_blocks} (or 0: nothing frozen)")
 
 
 def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) -> gan_step.GANState:
   """A freshly initialised GANState for the config (deterministic in config.seed)."""
   m = config.model
-  if m.dtype not in COMPUTE_DTYPES:
-    raise ConfigError(f"model.dtype must be one of {sorted(COMPUTE_DTYPES)}, got {m.dtype!r}")
-  try:
-    num_upsamplings(image_shape[0])
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  check_model_config(config)
   kwargs = dict(image_shape=tuple(image_shape), conv_impl=m.conv_impl, dtype=COMPUTE_DTYPES[m.dtype],
                 axis_name=axis_name)
   generator = Generator(features=m.g_features, **kwargs)
@@ -50,32 +81,16 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
     trunk, trunk_meta = read_trunk(config)
     discriminator = ProjectedDiscriminator(features=m.d_features, stages=tuple(m.d_trunk_stages), trunk=trunk_meta,
                                            **kwargs)
-    d_tx = frozen_where(d_tx, trunk_labels)
-  elif m.discriminator == "dcgan":
-    discriminator = Discriminator(features=m.d_features, **kwargs)
+    d_tx = param_groups.freeze(d_tx, ["trunk"])
   else:
-    raise ConfigError(f"model.discriminator must be dcgan or projected, got {m.discriminator!r}")
-  frozen = config.transfer.freeze_d_layers
-  if frozen and m.discriminator != "dcgan":
-    raise ConfigError("transfer.freeze_d_layers is for the DCGAN discriminator (the projected one's trunk is "
-                      "frozen already): set it to 0")
-  if frozen:  # FreezeD (Mo et al., 2020): D's lowest blocks keep their (pretrained) parameters
-    num_blocks = num_upsamplings(image_shape[0])
-    if not 0 < frozen <= num_blocks:
-      raise ConfigError(f"transfer.freeze_d_layers={frozen}, but D has {num_blocks} convolution blocks: "
-                        f"use 1..{num_blocks} (or 0: nothing frozen)")
-    d_tx = frozen_where(d_tx, lambda params: frozen_d_labels(params, frozen))
+    discriminator = Discriminator(features=m.d_features, **kwargs)
+  if config.transfer.freeze_d_layers:  # FreezeD (Mo et al., 2020): D's lowest blocks keep their parameters
+    d_tx = param_groups.freeze(d_tx, d_block_layers(config.transfer.freeze_d_layers))
   init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
-  try:
-    state = gan_step.init_state(init_key, generator, discriminator, g_tx, d_tx, image_shape=tuple(image_shape),
-                                latent_dim=m.latent_dim, loss=config.loss, ema_decay=config.ema_decay)
-  except ValueError as e:
-    raise ConfigError(f"{e} (configs/gan.py)") from None
+  state = gan_step.init_state(init_key, generator, discriminator, g_tx, d_tx, image_shape=tuple(image_shape),
+                              latent_dim=m.latent_dim, loss=config.loss, ema_decay=config.ema_decay)
   if trunk is not None:
-    try:
-      d_params, d_batch_stats = load_trunk(state.d_params, state.d_batch_stats, trunk)
-    except ValueError as e:
-      raise ConfigError(f"model.d_trunk_weights={m.d_trunk_weights}: {e}") from None
+    d_params, d_batch_stats = load_trunk(state.d_params, state.d_batch_stats, trunk)
     state = state.replace(d_params=d_params, d_batch_stats=d_batch_stats)
   return state
 
@@ -98,18 +113,6 @@ def read_trunk(config):
     raise ConfigError(f"model.d_trunk_weights={path} is the FD feature network itself ({metric}): the "
                       "discriminator would be trained on the metric's features; use another trunk")
   return variables, dataclasses.replace(meta, image_size=int(m.d_trunk_size or meta.image_size or 32))
-
-
-def frozen_where(tx: optax.GradientTransformation, labels) -> optax.GradientTransformation:
-  """`tx` for parameters labelled 'train', no update (and no optimiser state) for those labelled 'frozen'."""
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-def frozen_d_labels(d_params, num_frozen: int):
-  """'frozen' for D's first `num_frozen` blocks (block i: Conv_i and the BatchNorm after it), else 'train'."""
-  frozen_names = {f"Conv_{i}" for i in range(num_frozen)} | {f"BatchNorm_{i - 1}" for i in range(1, num_frozen)}
-  return {name: jax.tree.map(lambda _: "frozen" if name in frozen_names else "train", sub)
-          for name, sub in d_params.items()}
 
 
 def init_from_source(config, state: gan_step.GANState, image_shape) -> gan_step.GANState:
@@ -150,9 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   sizes = parallel.batch_sizes(config.batch_size)
   if config.num_steps <= 0:
     raise ConfigError(f"num_steps must be positive, got {config.num_steps}")
+  check_config(config)
   loop.check_workdir(workdir)
-  if config.eval.enabled:
-    gan_eval.check_eval_config(config)
   par = parallel.Parallel(config.parallel.mode)
   logging.info("Parallel mode %s: %s", par.mode, parallel.describe())
   state = build_state(config, ds_spec.image_shape, axis_name=par.axis_name)

@@ -17,12 +17,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tlgan import feature_networks, pretrained, reporting, style
+from tlgan import config_checks, feature_networks, pretrained, reporting, style
 from tlgan.errors import ConfigError, UserError
+from tlgan.models.resnet import STAGES
 from tlgan.trainers import loop
 
 
 FEATURES = ("auto", "imagenet", "fashion_mnist", "random")
+# Every field with a fixed set of values, and the table that holds them (checked before anything is read).
+CHOICES = {"features": FEATURES, "smoothing": ("auto",) + style.SMOOTHINGS, "optimizer": style.OPTIMIZERS,
+           "init": style.INITS, "content_layers": STAGES, "style_layers": STAGES}
 
 
 def feature_network(config, content: np.ndarray, style_image: np.ndarray):
@@ -30,8 +34,6 @@ def feature_network(config, content: np.ndarray, style_image: np.ndarray):
   each colour channel (the metric network tlgan ships); or random weights with BatchNorm calibrated on the two
   images."""
   choice = config.features
-  if choice not in FEATURES:
-    raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {choice!r}")
   have_weights = bool(config.weights) and os.path.isfile(config.weights)
   if choice == "imagenet" and not have_weights:
     raise UserError(f"features='imagenet' needs {config.weights or 'a weights file'}: convert it with "
@@ -141,6 +143,7 @@ def save_png(path: str, image_uint8: np.ndarray) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   wall = time.time()
+  config_checks.check_choices(config, CHOICES)
   loop.check_workdir(workdir)
   if config.num_steps <= 0:
     raise ConfigError(f"num_steps must be positive, got {config.num_steps}")

@@ -74,6 +74,8 @@ def update_readme(path: str, table: str) -> bool:
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+  for sub in (config.pretrain, config.finetune):  # both before the first hour of pretraining
+    classifier.check_config(sub)
   pre = classifier.train_and_evaluate(config.pretrain, os.path.join(workdir, "pretrain"))
   weights = os.path.join(workdir, "pretrain", "model.msgpack")
   if pre.get("status") != "completed" or not os.path.exists(weights):

@@ -1,0 +1,102 @@
+"""Helpers shared by the test modules (imported as `from tests.helpers import ...`; fixtures live in conftest).
+
+Running the CLI as a user would, proving a folder untouched, tiny GAN configs on TFDS mock data, and starting,
+killing and watching training processes."""
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Reference features of mock data go here, never into the user's cache.
+CACHE_DIR = os.path.join(tempfile.gettempdir(), f"tlgan-test-cache-{os.getpid()}")
+
+
+def tree_hash(path: str) -> str:
+  """A hash of every file name and content under `path` (to prove a workdir was not touched)."""
+  h = hashlib.sha256()
+  for root, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      h.update(os.path.relpath(full, path).encode())
+      with open(full, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()
+
+
+def run_cli(*args, env=None, timeout=300, module="experiments.main"):
+  """Runs `python -m MODULE ARGS` in the repo; returns the CompletedProcess."""
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def override(config, **overrides):
+  """Sets dotted fields: override(config, **{"model.width": 8}). Returns the config."""
+  for key, value in overrides.items():
+    node = config
+    *path, leaf = key.split(".")
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def smoke_gan(num_steps=4, **overrides):
+  """configs/gan.py:smoke on TFDS mock data only (even where the Debian files exist), caching nothing."""
+  from configs import gan
+  config = gan.get_config("smoke")
+  config.num_steps = num_steps
+  config.data.manual_dir = "/nonexistent"
+  config.eval.cache_dir = CACHE_DIR
+  return override(config, **overrides)
+
+
+def train_gan(config, workdir):
+  """The GAN trainer in this process, on 64 mock examples per split."""
+  import tensorflow_datasets as tfds
+  from tlgan.trainers import gan as gan_trainer
+  with tfds.testing.mock_data(num_examples=64):
+    return gan_trainer.train_and_evaluate(config, str(workdir))
+
+
+# ------------------------------------------------------------------------------- training processes
+
+
+def start(workdir, args, env=None):
+  """Starts `python -m experiments.main --workdir=WORKDIR ARGS`, its stderr appended to WORKDIR.log."""
+  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "a")
+  return subprocess.Popen([sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *args], cwd=REPO,
+                          env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
+
+
+def checkpoint_steps(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+
+
+def wait_for(predicate, proc, timeout=300):
+  deadline = time.time() + timeout
+  while not predicate():
+    assert proc.poll() is None, f"the run ended (status {proc.returncode}) before the awaited moment"
+    assert time.time() < deadline
+    time.sleep(0.02)
+
+
+def kill_twice_then_finish(workdir, args, num_steps, seed=0):
+  """kill -9 twice, each at a random moment after a new checkpoint, then let a third process finish."""
+  rng = random.Random(seed)
+  for _ in range(2):
+    before = (checkpoint_steps(workdir) or [0])[-1]
+    proc = start(workdir, args)
+    wait_for(lambda: (checkpoint_steps(workdir) or [0])[-1] > before, proc)
+    time.sleep(rng.uniform(0.0, 1.0))
+    proc.kill()
+    proc.wait()
+  assert checkpoint_steps(workdir)[-1] < num_steps  # the kills did land mid-run
+  assert start(workdir, args).wait(timeout=300) == 0
