@@ -120,6 +120,7 @@ def pretrain_run(tmp_path_factory):
   return str(workdir), train(smoke(), workdir)
 
 
+@pytest.mark.slow
 def test_trainer_writes_summary_confusion_and_weights(pretrain_run):
   workdir, summary = pretrain_run
   assert summary["status"] == "completed" and summary["step"] == 4  # 32 examples / batch 8
@@ -133,6 +134,7 @@ def test_trainer_writes_summary_confusion_and_weights(pretrain_run):
   assert meta.arch == "resnet18" and variables["params"]["fc"]["kernel"].shape == (64, 10)
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_is_exact(pretrain_run, tmp_path, monkeypatch):
   """A real SIGTERM after step 2 of 4: checkpoint, 'preempted'; rerun: bit-identical to the 4-step run."""
   from tlgan.trainers import loop
@@ -158,6 +160,7 @@ def test_sigterm_then_resume_is_exact(pretrain_run, tmp_path, monkeypatch):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_finetune_from_exported_weights(pretrain_run, tmp_path):
   workdir, _ = pretrain_run
   summary = train(smoke(**{"init.weights": os.path.join(workdir, "model.msgpack"), "data.per_class": 1,
@@ -166,6 +169,7 @@ def test_finetune_from_exported_weights(pretrain_run, tmp_path):
   assert summary["mode"] == "linear_probe" and summary["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_resnet_options_dtype_and_zero_init_residual():
   from tlgan.models import ResNet18
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))

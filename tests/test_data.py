@@ -63,6 +63,7 @@ def test_idx_header_is_validated(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isdir(DEBIAN_DIR), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.slow
 def test_real_fashion_mnist(tmp_path_factory):
   data_dir = os.environ.get("TLGAN_TEST_TFDS_DIR") or str(tmp_path_factory.mktemp("tfds"))
   train_x, train_y = data.load_split("fashion_mnist", "train", data_dir=data_dir, manual_dir=DEBIAN_DIR,

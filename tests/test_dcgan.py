@@ -39,7 +39,7 @@ def _count(tree):
 
 
 @pytest.mark.parametrize("image_shape", [(28, 28, 1), (32, 32, 3)])
-@pytest.mark.parametrize("features", [8, 64])
+@pytest.mark.parametrize("features", [8, pytest.param(64, marks=pytest.mark.slow)])
 def test_shapes_ranges_and_parameter_counts(image_shape, features):
   latent = 100
   g, d = Generator(image_shape, features), Discriminator(image_shape, features)

@@ -87,6 +87,7 @@ def test_sample_uses_ema_weights():
       {"params": state.g_params, "batch_stats": state.g_batch_stats}, z, train=False))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state():
   g16, d16 = Generator(SHAPE, 8, dtype=jnp.bfloat16), Discriminator(SHAPE, 8, dtype=jnp.bfloat16)
   state32 = make_state()

@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow  # GAN transfer studies end to end, in subprocesses
 
 
 def fake_run(folder, fd, kid, rate, wall, steps, fd_curve):

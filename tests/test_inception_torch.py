@@ -57,6 +57,7 @@ def _state_dict_with_fc(net):
   return sd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [299, 64])
 def test_features_equal_pytorch_fid(torch_fid_net, size):
   variables = pretrained.from_torchvision(_state_dict_with_fc(torch_fid_net), pretrained.INCEPTION_FID)

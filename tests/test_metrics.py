@@ -47,6 +47,7 @@ def test_missing_or_altered_shipped_network_is_an_error(tmp_path, monkeypatch):
     feature_networks.shipped_weights("cifar10")
 
 
+@pytest.mark.slow
 def test_a_mistyped_feature_weights_path_fails_instead_of_training(tmp_path):
   workdir = tmp_path / "run"
   result = run_cli("--config=configs/gan.py:smoke", f"--workdir={workdir}",
@@ -109,6 +110,7 @@ def test_same_samples_same_numbers_under_another_cpu_code_path(tmp_path):
     assert other["metrics"][key] == pytest.approx(metrics[key], rel=1e-3), key
 
 
+@pytest.mark.slow
 def test_bad_sample_files_are_one_line_errors(tmp_path):
   from configs import gan
   from tlgan.trainers import export
@@ -150,6 +152,7 @@ def best_run(tmp_path_factory):
   return config, workdir, summary
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_kept_and_sampled(best_run, tmp_path):
   from tlgan.trainers import export
   config, workdir, summary = best_run
@@ -168,6 +171,7 @@ def test_best_checkpoint_is_kept_and_sampled(best_run, tmp_path):
       assert int(f["step"]) == step
 
 
+@pytest.mark.slow
 def test_summary_numbers_equal_scoring_the_exported_samples(best_run, tmp_path):
   """The final evaluation in memory == experiments.sample's export of the same samples scored from the file."""
   from tlgan.trainers import export

@@ -17,6 +17,8 @@ import pytest
 
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.slow  # 8 fake devices and 2 processes: minutes
+
 # Parameters of different device layouts differ only by float32 reduction order (sums split over devices and
 # combined by all-reduce): ~1e-7 relative per operation. After a few Adam/SGD steps that stays far below the
 # parameters' own movement; we require less than 0.1% of it.

@@ -50,6 +50,7 @@ def test_resnet_stages_equal_its_sown_activations():
     model.apply(variables, x, train=False, stages=("layer9",))
 
 
+@pytest.mark.slow
 def test_trunk_is_the_weights_file_and_stays_frozen_while_heads_and_g_learn(tmp_path):
   model, variables = make_trunk(tmp_path / "trunk.msgpack")
   config = projected_config(tmp_path / "trunk.msgpack")
@@ -89,6 +90,7 @@ def test_trunk_is_the_weights_file_and_stays_frozen_while_heads_and_g_learn(tmp_
   assert 2 * heads <= sum(np.size(v) for v in jax.tree.leaves(state.d_opt_state)) <= 2 * heads + 8
 
 
+@pytest.mark.slow
 def test_trunk_config_and_errors(tmp_path):
   with pytest.raises(ConfigError, match="does not exist: train the trunk first"):
     gan_trainer.build_state(projected_config(tmp_path / "none.msgpack"), (28, 28, 1))
@@ -110,6 +112,7 @@ def test_trunk_config_and_errors(tmp_path):
     gan_trainer.build_state(config, (28, 28, 1))
 
 
+@pytest.mark.slow
 def test_end_to_end_run_with_projected_discriminator(tmp_path):
   make_trunk(tmp_path / "trunk.msgpack")
   config = projected_config(tmp_path / "trunk.msgpack", num_steps=4)

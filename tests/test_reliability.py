@@ -16,6 +16,8 @@ import pytest
 
 from tests.helpers import checkpoint_steps, kill_twice_then_finish, run_cli, start, tree_hash, wait_for
 
+pytestmark = pytest.mark.slow  # real CLI runs in subprocesses: kills, signals, the bad-input table
+
 STEPS, EVERY = 3000, 250  # ~400 steps/s: a run lasts long enough to be hit mid-way
 GAN = ["--config=configs/gan.py:smoke", f"--config.num_steps={STEPS}", f"--config.checkpoint_every={EVERY}",
        "--config.log_every=250", "--config.sample_every=100000", "--config.eval.enabled=false"]

@@ -78,6 +78,7 @@ def test_train_mode_outputs_and_running_statistics(converted18):
     np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resnet50_bottleneck_equals_torchvision():
   torch.manual_seed(2)
   tm = perturbed(torchvision.models.resnet50(), seed=2).eval()
@@ -129,6 +130,7 @@ def test_cli_converts_a_local_file_and_round_trips(torch_resnet18, converted18, 
   assert pretrained.main(["--arch=resnet18", f"--output={out}", f"--torch-file={tmp_path}/none.pth"]) == 2
 
 
+@pytest.mark.slow
 def test_merge_keeps_the_new_head_and_names_mismatches(converted18):
   fresh = jax.tree.map(np.asarray, ResNet18(num_classes=10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
   merged, not_loaded = pretrained.merge_pretrained(fresh, converted18, not_loaded=("fc",))

@@ -69,6 +69,7 @@ def images():
 
 
 @pytest.mark.parametrize("smoothing", ["none", "swag"])
+@pytest.mark.slow
 def test_style_loss_falls_by_a_large_factor(images, smoothing):
   content, style_image = images
   model = ResNet18(num_classes=10, width=16)
@@ -109,6 +110,7 @@ def test_cli_writes_stylized_side_by_side_and_curve(tmp_path):
   assert max(r["step"] for r in rows) == 12  # 6 steps at each of the two sizes
 
 
+@pytest.mark.slow
 def test_offline_features_are_the_fashion_network_per_channel(tmp_path, images):
   """features='fashion_mnist' loads the shipped Fashion-MNIST metric network and runs it per colour channel;
   'imagenet' without weights is a one-line error."""

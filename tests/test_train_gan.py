@@ -13,6 +13,8 @@ from tests.helpers import smoke_gan, train_gan, tree_hash
 from tlgan.checkpoint import Checkpointer
 from tlgan.trainers import gan as gan_trainer
 
+pytestmark = pytest.mark.slow  # end-to-end GAN runs
+
 
 def final_state(config, workdir):
   state = gan_trainer.build_state(config, (28, 28, 1))

@@ -2,9 +2,13 @@
 
 import json
 
+import pytest
+
 import tensorflow_datasets as tfds
 
 from tlgan.trainers import transfer_study
+
+pytestmark = pytest.mark.slow  # a whole (tiny) study end to end
 
 
 def test_study_writes_table_and_readme(tmp_path):
