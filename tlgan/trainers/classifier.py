@@ -39,18 +39,33 @@ RESNETS = tuple(arch for arch, info in pretrained.ARCHS.items() if info["module"
 CHOICES = {
     "data.name": data.DATASETS, "mode": clf.MODES, "optim.name": clf.OPTIMIZERS, "model.arch": RESNETS,
     "model.stem": STEMS, "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "parallel.mode": parallel.MODES,
+    "model.channels": (1, 3),
+}
+_N = config_checks
+# Every numeric field (but model.channels, a choice), by meaning.
+NUMBERS = {
+    "seed": _N.NON_NEGATIVE_INT, "batch_size": _N.POSITIVE_INT, "grad_accum_steps": _N.POSITIVE_INT,
+    "eval_batch_size": _N.POSITIVE_INT, "num_epochs": _N.POSITIVE, "num_steps": _N.NON_NEGATIVE_INT,
+    "eval_every_epochs": _N.POSITIVE, "log_every": _N.POSITIVE_INT, "checkpoint_every": _N.POSITIVE_INT,
+    "keep_checkpoints": _N.POSITIVE_INT, "inject_nan_at_step": _N.NON_NEGATIVE_INT,
+    "data.per_class": _N.NON_NEGATIVE_INT, "data.subset_seed": _N.Number(int, -1),
+    "data.source_size": _N.NON_NEGATIVE_INT, "data.num_shards": _N.NON_NEGATIVE_INT,
+    "model.width": _N.POSITIVE_INT, "model.num_classes": _N.NON_NEGATIVE_INT, "model.image_size": _N.Number(int, 8),
+    "optim.learning_rate": _N.POSITIVE, "optim.backbone_lr_factor": _N.NON_NEGATIVE, "optim.momentum": _N.FRACTION,
+    "optim.weight_decay": _N.NON_NEGATIVE, "optim.warmup_epochs": _N.NON_NEGATIVE,
+    "optim.label_smoothing": _N.FRACTION, "augment.crop_padding": _N.NON_NEGATIVE_INT,
 }
 
 
-def check_config(config) -> None:
-  """Every value the classifier trainer can refuse from the config alone, refused before anything is built."""
-  config_checks.check_choices(config, CHOICES)
-  if config.model.image_size < 8:
-    raise ConfigError(f"model.image_size {config.model.image_size} is too small for a ResNet: use 32 or more")
+def check_config(config, prefix: str = "") -> None:
+  """Every value the classifier trainer can refuse from the config alone, refused before anything is built
+  (`prefix`: where the config sits in a larger one, e.g. 'pretrain.', for the messages)."""
+  config_checks.check_choices(config, CHOICES, prefix)
+  config_checks.check_numbers(config, NUMBERS, prefix)
   spec = data.spec(config.data.name)
   if config.model.num_classes and config.model.num_classes != spec.num_classes:
-    raise ConfigError(f"model.num_classes={config.model.num_classes} but {config.data.name} has {spec.num_classes} "
-                      "classes: set --config.model.num_classes=0 (from the dataset)")
+    raise ConfigError(f"{prefix}model.num_classes={config.model.num_classes} but {config.data.name} has "
+                      f"{spec.num_classes} classes: set --config.{prefix}model.num_classes=0 (from the dataset)")
 
 
 def build_model(config, num_classes: int, axis_name=None):

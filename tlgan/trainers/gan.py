@@ -38,6 +38,17 @@ CHOICES = {
     "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "model.d_trunk_stages": STAGES,
     "parallel.mode": parallel.MODES,
 }
+_N = config_checks
+# Every numeric field, by meaning (the evaluation's: gan_eval.NUMBERS).
+NUMBERS = {
+    "seed": _N.NON_NEGATIVE_INT, "batch_size": _N.POSITIVE_INT, "num_steps": _N.POSITIVE_INT,
+    "g_lr": _N.POSITIVE, "d_lr": _N.POSITIVE, "b1": _N.FRACTION, "b2": _N.FRACTION, "ema_decay": _N.FRACTION,
+    "model.latent_dim": _N.POSITIVE_INT, "model.g_features": _N.POSITIVE_INT, "model.d_features": _N.POSITIVE_INT,
+    "model.d_trunk_size": _N.NON_NEGATIVE_INT, "data.num_shards": _N.NON_NEGATIVE_INT,
+    "transfer.freeze_d_layers": _N.NON_NEGATIVE_INT, "log_every": _N.POSITIVE_INT, "sample_every": _N.POSITIVE_INT,
+    "checkpoint_every": _N.POSITIVE_INT, "keep_checkpoints": _N.POSITIVE_INT, "num_sample_images": _N.POSITIVE_INT,
+    "inject_nan_at_step": _N.NON_NEGATIVE_INT, **gan_eval.NUMBERS,
+}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -50,14 +61,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def check_model_config(config: ml_collections.ConfigDict) -> None:
   """What `build_state` needs: the tables' values, a dataset D can shrink, EMA and FreezeD in range."""
   config_checks.check_choices(config, CHOICES)
+  config_checks.check_numbers(config, {k: v for k, v in NUMBERS.items() if not k.startswith("eval.")})
   m = config.model
   image_shape = data.spec(config.data.name).image_shape
   try:
     num_blocks = num_upsamplings(image_shape[0])
   except ValueError as e:
     raise ConfigError(f"data.name={config.data.name}: {e}") from None
-  if not 0 <= config.ema_decay < 1:
-    raise ConfigError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
   frozen = config.transfer.freeze_d_layers
   if frozen and m.discriminator != "dcgan":
     raise ConfigError("transfer.freeze_d_layers is for the DCGAN discriminator (the projected one's trunk is "
@@ -149,11 +159,9 @@ def fixed_noise(config, n: int) -> jax.Array:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (or resumes) the GAN of `config` in `workdir`; returns the summary also written to summary.json."""
   wall_start = time.time()
+  check_config(config)
   ds_spec = data.spec(config.data.name)
   sizes = parallel.batch_sizes(config.batch_size)
-  if config.num_steps <= 0:
-    raise ConfigError(f"num_steps must be positive, got {config.num_steps}")
-  check_config(config)
   loop.check_workdir(workdir)
   par = parallel.Parallel(config.parallel.mode)
   logging.info("Parallel mode %s: %s", par.mode, parallel.describe())

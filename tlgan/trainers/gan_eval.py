@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import jax
 import numpy as np
 
-from tlgan import evaluation, feature_networks
+from tlgan import config_checks, evaluation, feature_networks
 from tlgan.errors import ConfigError
 from tlgan.steps import gan as gan_step
 
@@ -109,18 +109,20 @@ class SampleScorer:
     return result
 
 
+# The evaluation's numeric fields and their meaning (FD, KID and their subsets need 2 or more vectors).
+NUMBERS = {
+    "eval.every": config_checks.POSITIVE_INT, "eval.num_samples": config_checks.Number(int, 2),
+    "eval.final_num_samples": config_checks.Number(int, 2), "eval.kid_subsets": config_checks.POSITIVE_INT,
+    "eval.kid_subset_size": config_checks.Number(int, 2), "eval.prdc_k": config_checks.NON_NEGATIVE_INT,
+    "eval.prdc_num": config_checks.POSITIVE_INT,
+}
+
+
 def check_eval_config(config) -> None:
   """The evaluation fields that cannot work, and metric networks that are not there, named before anything runs
   (before data is loaded or a workdir written)."""
   e = config.eval
-  for field in ("every", "num_samples", "final_num_samples", "kid_subsets", "kid_subset_size", "prdc_num"):
-    if not isinstance(e[field], int) or e[field] <= 0:
-      raise ConfigError(f"eval.{field} must be a positive whole number, got {e[field]!r}: set --config.eval.{field}")
-  if not isinstance(e.prdc_k, int) or e.prdc_k < 0:
-    raise ConfigError(f"eval.prdc_k must be 0 (off) or a positive whole number, got {e.prdc_k!r}")
-  for field in ("num_samples", "final_num_samples"):
-    if e[field] < 2:
-      raise ConfigError(f"eval.{field}={e[field]}: FD needs at least 2 samples; set --config.eval.{field}")
+  config_checks.check_numbers(config, NUMBERS)
   if e.domain_network:
     feature_networks.metric_weights(config.data.name, e.feature_weights)
   if e.inception_weights and not os.path.isfile(e.inception_weights):

@@ -27,6 +27,18 @@ FEATURES = ("auto", "imagenet", "fashion_mnist", "random")
 # Every field with a fixed set of values, and the table that holds them (checked before anything is read).
 CHOICES = {"features": FEATURES, "smoothing": ("auto",) + style.SMOOTHINGS, "optimizer": style.OPTIMIZERS,
            "init": style.INITS, "content_layers": STAGES, "style_layers": STAGES}
+_N = config_checks
+# Every numeric field, by meaning.
+NUMBERS = {"seed": _N.NON_NEGATIVE_INT, "image_size": _N.Number(int, 32), "content_weight": _N.NON_NEGATIVE,
+           "style_weight": _N.NON_NEGATIVE, "tv_weight": _N.NON_NEGATIVE, "scales": _N.POSITIVE_INT,
+           "pyramid_levels": _N.POSITIVE_INT, "learning_rate": _N.POSITIVE, "num_steps": _N.POSITIVE_INT,
+           "log_every": _N.POSITIVE_INT}
+
+
+def check_config(config) -> None:
+  """Every value the style trainer can refuse from the config alone."""
+  config_checks.check_choices(config, CHOICES)
+  config_checks.check_numbers(config, NUMBERS)
 
 
 def feature_network(config, content: np.ndarray, style_image: np.ndarray):
@@ -143,12 +155,8 @@ def save_png(path: str, image_uint8: np.ndarray) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   wall = time.time()
-  config_checks.check_choices(config, CHOICES)
+  check_config(config)
   loop.check_workdir(workdir)
-  if config.num_steps <= 0:
-    raise ConfigError(f"num_steps must be positive, got {config.num_steps}")
-  if config.image_size < 32:
-    raise ConfigError(f"image_size {config.image_size} is too small for ResNet18 features: use 128 or more")
   sizes = scale_sizes(config)
   content = style.load_image(config.content, config.image_size)
   style_image = style.load_image(config.style, config.image_size)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from tlgan import reporting
+from tlgan import config_checks, reporting
 from tlgan.trainers import classifier
 
 README_START, README_END = "<!-- transfer-table:start -->", "<!-- transfer-table:end -->"
@@ -73,9 +73,19 @@ def update_readme(path: str, table: str) -> bool:
   return True
 
 
+# The study's own numeric fields (pretrain.* and finetune.*: the classifier's table).
+NUMBERS = {"probe_learning_rate": config_checks.POSITIVE, "per_class": config_checks.NON_NEGATIVE_INT,
+           "seeds": config_checks.NON_NEGATIVE_INT}
+
+
+def check_config(config) -> None:
+  config_checks.check_numbers(config, NUMBERS)
+  for name in ("pretrain", "finetune"):  # both before the first hour of pretraining
+    classifier.check_config(config[name], prefix=f"{name}.")
+
+
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
-  for sub in (config.pretrain, config.finetune):  # both before the first hour of pretraining
-    classifier.check_config(sub)
+  check_config(config)
   pre = classifier.train_and_evaluate(config.pretrain, os.path.join(workdir, "pretrain"))
   weights = os.path.join(workdir, "pretrain", "model.msgpack")
   if pre.get("status") != "completed" or not os.path.exists(weights):
