@@ -96,8 +96,57 @@ def test_failed_download_is_reported(tmp_path, monkeypatch):
   def offline(self, *args, **kwargs):
     raise ConnectionError("no network")
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+  monkeypatch.setattr(data, "_online", lambda: True)  # the network looks up, then the download fails
   with pytest.raises(data.DataUnavailableError, match="download failed: ConnectionError"):
     data.load_split("cifar10", "train", data_dir=str(tmp_path))
+
+
+def test_offline_fails_fast_without_trying_to_download(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda self, *a, **k: calls.append(1))
+  monkeypatch.setattr(data, "_online", lambda: False)
+  with pytest.raises(data.DataUnavailableError, match="cifar10 is not available offline.*no network"):
+    data.load_split("cifar10", "train", data_dir=str(tmp_path))
+  assert not calls  # no TFDS download (and its minutes of retries) was started
+
+
+def _truncate(path):
+  raw = open(path, "rb").read()
+  open(path, "wb").write(raw[:len(raw) // 2])
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: open(p, "wb").write(b"garbage, not gzip"), "is damaged or unreadable (BadGzipFile"),
+    (_truncate, "is damaged or unreadable (EOFError"),
+    (lambda p: open(p, "wb").write(gzip.compress(b"\x00\x00\x08\x03short")), "not an unsigned-byte IDX file"),
+    (lambda p: (os.remove(p), os.mkdir(p)), "is damaged or unreadable (IsADirectoryError"),
+])
+def test_damaged_data_files_are_one_line_naming_the_file(tiny_idx_dir, tmp_path, damage, message):
+  folder, _ = tiny_idx_dir
+  victim = os.path.join(folder, "t10k-images-idx3-ubyte.gz")
+  damage(victim)
+  with pytest.raises(data.DataUnavailableError, match=f"^{victim} .*{message.split('(')[0]}") as e:
+    data.load_split("fashion_mnist", "test", data_dir=str(tmp_path / "tfds"), manual_dir=folder, download=False)
+  assert message in str(e.value) and "\n" not in str(e.value) and "--config.data.manual_dir" in str(e.value)
+
+
+def test_full_size_files_are_checked_against_the_original_before_parsing(tmp_path):
+  """A file that announces the official 10,000 test labels must be the original one (sha256)."""
+  folder = tmp_path / "idx"
+  folder.mkdir()
+  write_idx(str(folder / "t10k-labels-idx1-ubyte.gz"), np.zeros(10000, np.uint8))
+  builder = data.FashionMnistIdx(data_dir=str(tmp_path / "tfds"))
+  path = str(folder / "t10k-labels-idx1-ubyte.gz")
+  with pytest.raises(data.DataUnavailableError, match="does not match the original file"):
+    data.read_idx(path, builder.EXPECTED_SHA256["test_labels"])
+
+
+@pytest.mark.parametrize("field", ["data_dir", "manual_dir"])
+def test_a_data_folder_that_is_a_file(tmp_path, field):
+  (tmp_path / "file").write_text("not a folder")
+  kwargs = {"data_dir": str(tmp_path / "tfds"), "manual_dir": str(tmp_path / "none"), field: str(tmp_path / "file")}
+  with pytest.raises(data.DataUnavailableError, match=f"data.{field}=.*file is a file, not a folder"):
+    data.load_split("fashion_mnist", "train", download=False, **kwargs)
 
 
 def test_batches_are_a_function_of_seed_and_step():
@@ -127,3 +176,16 @@ def test_eval_batches_pad_and_mask():
   mask = np.concatenate([b["mask"] for b in batches])
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], labels)
   assert mask.sum() == 10
+
+
+def test_a_damaged_prepared_dataset_names_the_folder(tiny_idx_dir, tmp_path):
+  folder, _ = tiny_idx_dir
+  tfds_dir = str(tmp_path / "tfds")
+  data.load_split("fashion_mnist", "test", data_dir=tfds_dir, manual_dir=folder, download=False)  # prepares it
+  records = [os.path.join(root, f) for root, _, files in os.walk(tfds_dir) for f in files if "tfrecord" in f]
+  assert records
+  for path in records:
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[:len(raw) // 2])
+  with pytest.raises(data.DataUnavailableError, match="is damaged .*delete that folder"):
+    data.load_split("fashion_mnist", "test", data_dir=tfds_dir, manual_dir=folder, download=False)

@@ -23,6 +23,8 @@ import gzip
 import hashlib
 import logging
 import os
+import socket
+import zlib
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -98,25 +100,52 @@ def _find_idx(folder: str, stem: str) -> Optional[str]:
   return None
 
 
-def read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (optionally gzipped) into an array, validating its header against its size."""
+_REINSTALL = ("replace it with the original file (Debian: apt-get install --reinstall dataset-fashion-mnist), or "
+              "point --config.data.manual_dir at a folder with intact IDX files")
+
+
+def _read_bytes(path: str) -> bytes:
+  """The (decompressed) bytes of a data file; a damaged, truncated or unreadable file is one line naming it."""
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
-  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise DataUnavailableError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+  try:
+    with opener(path, "rb") as f:
+      return f.read()
+  except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is an EOFError
+    detail = str(e).splitlines()[0][:120] if str(e) else "truncated"
+    raise DataUnavailableError(f"{path} is damaged or unreadable ({type(e).__name__}: {detail}): {_REINSTALL}") \
+        from None
+
+
+def _parse_idx(raw: bytes, path: str) -> np.ndarray:
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or len(raw) < 4 + 4 * raw[3]:
+    raise DataUnavailableError(f"{path} is not an unsigned-byte IDX file (bad magic number): {_REINSTALL}")
   ndim = raw[3]
   dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
   offset = 4 + 4 * ndim
   if len(raw) - offset != int(np.prod(dims)):
-    raise DataUnavailableError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), file holds {len(raw) - offset}")
+    raise DataUnavailableError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), file holds "
+                               f"{len(raw) - offset}: {_REINSTALL}")
   return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
 
 
-def _sha256_of_content(path: str) -> str:
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
+def read_idx(path: str, expected_sha256: Optional[str] = None) -> np.ndarray:
+  """Reads an IDX file (optionally gzipped) into an array, validating its header against its size. With
+  `expected_sha256` (of the decompressed content), the content is checked before it is parsed."""
+  raw = _read_bytes(path)
+  if expected_sha256 and hashlib.sha256(raw).hexdigest() != expected_sha256:
+    raise DataUnavailableError(f"{path}: content does not match the original file (sha256): {_REINSTALL}")
+  return _parse_idx(raw, path)
+
+
+def _idx_count(path: str) -> int:
+  """The number of items an IDX file's header announces (0 if it cannot be read: read_idx will say why)."""
+  try:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+      head = f.read(8)
+    return int.from_bytes(head[4:8], "big") if len(head) == 8 else 0
+  except (OSError, EOFError, zlib.error):
+    return 0
 
 
 class _IdxBuilderMixin:
@@ -133,17 +162,16 @@ class _IdxBuilderMixin:
       paths[key] = path
     splits = []
     for split in ("train", "test"):
-      images, labels = read_idx(paths[f"{split}_data"]), read_idx(paths[f"{split}_labels"])
+      arrays = {}
+      for key in (f"{split}_data", f"{split}_labels"):
+        # Full-size files must be the original ones: their content's sha256 is checked before it is parsed.
+        official = _idx_count(paths[key]) == _OFFICIAL_COUNTS[split]
+        arrays[key] = read_idx(paths[key], self.EXPECTED_SHA256.get(key) if official else None)
+      images, labels = arrays[f"{split}_data"], arrays[f"{split}_labels"]
       if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
         raise DataUnavailableError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not pair up")
       if labels.max(initial=0) >= 10:
         raise DataUnavailableError(f"{folder}: {split} labels outside 0..9")
-      if len(labels) == _OFFICIAL_COUNTS[split]:  # full-size files must be the original ones
-        for key in (f"{split}_data", f"{split}_labels"):
-          expected = self.EXPECTED_SHA256.get(key)
-          if expected and _sha256_of_content(paths[key]) != expected:
-            raise DataUnavailableError(f"{paths[key]}: decompressed content does not match the original {self.name} "
-                             "file (sha256); reinstall the data")
       splits.append(tfds.core.SplitGenerator(name=split, gen_kwargs=dict(images=images, labels=labels)))
     return splits
 
@@ -172,6 +200,9 @@ def get_builder(name: str, data_dir: Optional[str] = None, manual_dir: Optional[
   """A prepared TFDS builder for `name`, preparing it from a local folder or a download if needed."""
   ds_spec = spec(name)
   data_dir = data_dir or default_data_dir()
+  for what, folder in (("data.data_dir", data_dir), ("data.manual_dir", manual_dir)):
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+      raise DataUnavailableError(f"{what}={folder} is a file, not a folder: point --config.{what} at a folder")
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
@@ -191,11 +222,23 @@ def get_builder(name: str, data_dir: Optional[str] = None, manual_dir: Optional[
   message = f"dataset {name} is not available offline: " + ", or ".join(how)
   if not download:
     raise DataUnavailableError(message)
+  if not _online():  # fail now, not after minutes of TFDS's retries
+    raise DataUnavailableError(f"{message} (no network: a download is not possible here)")
   try:
     builder.download_and_prepare()
   except Exception as e:  # TFDS raises many kinds of network errors; all mean the same thing here.
     raise DataUnavailableError(f"{message} (download failed: {type(e).__name__})") from e
   return builder
+
+
+def _online(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0) -> bool:
+  """Whether a TFDS download could start: a TCP connection to Google's storage (where TFDS mirrors most
+  datasets) within `timeout` seconds."""
+  try:
+    socket.create_connection((host, port), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
 
 
 def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -249,7 +292,11 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_
     return images[process_index::process_count], labels[process_index::process_count]
   builder = get_builder(name, data_dir, manual_dir, download)
   shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
-  chunks = list(tfds.as_numpy(builder.as_dataset(split=shard, shuffle_files=False).batch(8192)))
+  try:
+    chunks = list(tfds.as_numpy(builder.as_dataset(split=shard, shuffle_files=False).batch(8192)))
+  except (tf.errors.OpError, OSError) as e:  # a damaged or truncated prepared dataset (DataLossError, ...)
+    raise DataUnavailableError(f"the prepared {name} in {builder.data_dir} is damaged ({type(e).__name__}): delete "
+                               f"that folder and run again to prepare it anew") from None
   if not chunks:
     raise DataUnavailableError(f"{name}[{shard}] holds no images")
   images = np.concatenate([c["image"] for c in chunks]).astype(np.uint8)
