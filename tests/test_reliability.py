@@ -145,6 +145,17 @@ def files(tmp_path_factory, reference):
   with open(d / "evil.pth", "wb") as f:
     pickle.dump({"fc.weight": Payload()}, f)
   (d / "text.msgpack").write_text("not weights")
+  (d / "zero.pth").write_bytes(b"")
+  state = torchvision.models.resnet18().state_dict()
+  torch.save({k: "string" for k in state}, d / "strings.pth")
+  torch.save({**state, "fc.weight": {"nested": state["fc.weight"]}}, d / "nested.pth")
+  broken = {k: v.clone() for k, v in state.items()}
+  broken["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+  torch.save(broken, d / "nan.pth")
+  (d / "outdir").mkdir()
+  variables18 = pretrained.from_torchvision(state, "resnet18")
+  variables18["params"]["layer2_0"]["conv1"]["kernel"][0, 0, 0, 0] = float("inf")
+  pretrained.save(str(d / "inf.msgpack"), variables18, pretrained.WeightsMeta("resnet18", source="test"))
   variables = pretrained.from_torchvision(torchvision.models.resnet34().state_dict(), "resnet34")
   pretrained.save(str(d / "resnet34.msgpack"), variables, pretrained.WeightsMeta("resnet34", source="test"))
   shutil.copytree(reference, d / "gan_run")
@@ -204,6 +215,18 @@ BAD_INPUT = [
      "error: state dict key 'layer1.0.conv1.weight' has shape (64, 64, 3, 3)"),
     ("torch file with a wrong sha256", "convert", ["--torch-file={d}/resnet18.pth", "--sha256=f37072fd"],
      "error: {d}/resnet18.pth has sha256"),
+    ("torch file empty", "convert", ["--torch-file={d}/zero.pth"],
+     "error: {d}/zero.pth was refused by torch.load(weights_only=True)"),
+    ("torch state dict of strings", "convert", ["--torch-file={d}/strings.pth"],
+     "error: state dict key 'conv1.weight' holds a str, not a tensor of numbers"),
+    ("torch state dict with a nested dict", "convert", ["--torch-file={d}/nested.pth"],
+     "error: state dict key 'fc.weight' holds a dict, not a tensor of numbers"),
+    ("torch weights with NaN", "convert", ["--torch-file={d}/nan.pth"],
+     "error: state dict key 'layer1.0.conv1.weight' holds 1 NaN or Inf values"),
+    ("conversion output is a folder", "convert", ["--torch-file={d}/resnet18.pth", "--output={d}/outdir"],
+     "error: output {d}/outdir is a folder"),
+    ("init weights with Inf", "main", CLF + ["--config.init.weights={d}/inf.msgpack"],
+     "error: {d}/inf.msgpack: params/layer2_0/conv1/kernel holds 1 NaN or Inf values"),
     ("torch file with pickled code", "convert", ["--torch-file={d}/evil.pth"],
      "error: {d}/evil.pth was refused by torch.load(weights_only=True)"),
     ("style image missing", "main", ["--config=configs/style.py:smoke", "--config.style={d}/none.jpg"],
@@ -222,7 +245,7 @@ def test_bad_input_one_line_error_and_nothing_changed(files, tmp_path, case):
   if command == "main" and not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={tmp_path}/work")
   module = {"main": "experiments.main", "convert": "tlgan.pretrained", "sample": "experiments.sample"}[command]
-  if command == "convert":
+  if command == "convert" and not any(a.startswith("--output=") for a in args):
     args.append(f"--output={tmp_path}/work/weights.msgpack")
   before = tree_hash(str(files))
   result = run_cli(*args, module=module, env=env[0] if env else None)

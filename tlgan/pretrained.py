@@ -98,6 +98,14 @@ def from_torchvision(state_dict: Mapping[str, Any], arch: str = "resnet18") -> D
   """
   if not isinstance(state_dict, Mapping) or "fc.weight" not in state_dict:
     raise ConversionError(f"not a torchvision {arch} state dict (no 'fc.weight' key)")
+  for key, value in state_dict.items():
+    array = _to_numpy(value) if hasattr(value, "detach") or isinstance(value, np.ndarray) else None
+    if array is None or array.dtype.kind not in "fiub":
+      raise ConversionError(f"state dict key {key!r} holds a {type(value).__name__}, not a tensor of numbers: not a "
+                            f"torchvision {arch} state dict")
+  if np.ndim(_to_numpy(state_dict["fc.weight"])) != 2:
+    raise ConversionError(f"state dict key 'fc.weight' has shape {np.shape(_to_numpy(state_dict['fc.weight']))}, not "
+                          f"(classes, features): not a torchvision {arch} state dict")
   if arch == INCEPTION_FID:
     from tlgan.models.inception import InceptionV3FID
     model, sample = InceptionV3FID(), np.zeros((1, 299, 299, 3), np.float32)
@@ -121,6 +129,9 @@ def _convert(state_dict, shapes, arch) -> Dict[str, Any]:
     if value.shape != expected[col][path].shape:
       raise ConversionError(f"state dict key {key!r} has shape {tuple(np.shape(state_dict[key]))}, "
                             f"which does not fit {'/'.join(path)} {expected[col][path].shape} of {arch}")
+    if not np.all(np.isfinite(value)):
+      raise ConversionError(f"state dict key {key!r} holds {int(np.sum(~np.isfinite(value)))} NaN or Inf values: "
+                            "the weights are broken; get the file again")
     out[col][path] = value
   for col, paths in expected.items():
     missing = sorted(set(paths) - set(out[col]))
@@ -188,9 +199,10 @@ def load_torch_file(path: str) -> Dict[str, Any]:
     raise UserError("converting torch weights needs torch: pip install -e .[torch]") from None
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # UnpicklingError for code, RuntimeError/EOFError for garbage
+  except Exception as e:  # UnpicklingError for code, RuntimeError/EOFError for garbage or an empty file
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     raise UserError(f"{path} was refused by torch.load(weights_only=True): it is not a plain state dict "
-                    f"(or carries pickled code): {str(e).splitlines()[0][:200]}") from None
+                    f"(or carries pickled code, or is empty): {detail}") from None
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
@@ -262,18 +274,28 @@ class WeightsMeta:
 
 
 def save(path: str, variables: Mapping[str, Any], meta: WeightsMeta) -> None:
-  """Writes variables + metadata as one flax msgpack file, atomically."""
+  """Writes variables + metadata as one flax msgpack file, atomically: the file is complete or not there (a
+  failed write leaves nothing behind, and an existing file at `path` untouched)."""
+  if os.path.isdir(path):
+    raise UserError(f"output {path} is a folder: give a file path, e.g. {os.path.join(path, 'weights.msgpack')}")
   fields = dataclasses.asdict(meta)
   for derived in ("width", "num_classes"):  # always read back from the variables themselves
     fields.pop(derived)
   payload = {"format": FORMAT, **fields, "variables": jax.tree.map(np.asarray, dict(variables))}
   data = serialization.msgpack_serialize(payload)
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-  with os.fdopen(fd, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  tmp = None
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except OSError as e:
+    if tmp and os.path.exists(tmp):
+      os.unlink(tmp)
+    raise UserError(f"could not write {path} ({type(e).__name__}: {e.strerror or e}): check the folder, its "
+                    "permissions and free space") from None
 
 
 def load(path: str) -> Tuple[Dict[str, Any], WeightsMeta]:
@@ -289,6 +311,13 @@ def load(path: str) -> Tuple[Dict[str, Any], WeightsMeta]:
     raise UserError(f"{path} is not a tlgan weights file (convert with python -m tlgan.pretrained)")
   variables = payload.pop("variables")
   payload.pop("format")
+  for key, value in traverse_util.flatten_dict(variables, sep="/").items():
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiub":
+      raise UserError(f"{path}: {key} holds {array.dtype} values, not numbers: not a tlgan weights file")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+      raise UserError(f"{path}: {key} holds {int(np.sum(~np.isfinite(array)))} NaN or Inf values: the weights are "
+                      "broken; convert or train them again")
   return variables, WeightsMeta.from_file(payload, variables, path)
 
 
@@ -384,6 +413,8 @@ def convert(arch: str, output: str, torch_file: Optional[str] = None,
     raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHS)}")
   if torch_file and not os.path.isfile(torch_file):
     raise UserError(f"weights file {torch_file} does not exist: check --torch-file")
+  if os.path.isdir(output):
+    raise UserError(f"output {output} is a folder: give a file path, e.g. {os.path.join(output, 'weights.msgpack')}")
   source = torch_file or download(arch)
   if sha256:
     check_sha256(source, sha256)
