@@ -90,6 +90,21 @@ def test_kill9_while_a_checkpoint_is_written_then_resume_is_exact(reference, tmp
   assert_same_state(workdir, reference)
 
 
+def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = start(workdir, GAN)
+  wait_for(lambda: checkpoint_steps(workdir), proc)
+  second = run_cli(f"--workdir={workdir}", *GAN)
+  assert second.returncode == 2, second.stderr[-2000:]
+  last = second.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: workdir {workdir} is in use by ") and f"pid {proc.pid}" in last, last
+  assert "Traceback" not in second.stderr and proc.poll() is None  # the first run goes on
+  proc.kill()  # kill -9: the kernel drops its lock, none is left stale
+  proc.wait()
+  assert start(workdir, GAN).wait(timeout=300) == 0
+  assert_same_state(workdir, reference)
+
+
 def damage(workdir, step, how):
   files = sorted(glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "*"), recursive=True))
   files = [f for f in files if os.path.isfile(f)]
@@ -192,6 +207,7 @@ BAD_INPUT = [
      "error: model.image_size must be a whole number >= 8, got 4"),
     ("num_classes vs dataset", "main", CLF + ["--config.model.num_classes=7"],
      "error: model.num_classes=7 but digits has 10 classes"),
+    ("empty workdir", "main", GAN + ["--workdir="], "error: --workdir is empty"),
     ("unwritable workdir", "main", GAN + ["--workdir=/proc/tlgan-run"], "error: workdir /proc/tlgan-run is not writable"),
     ("checkpoint of another experiment", "main", CLF + ["--workdir={d}/gan_run"],
      "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints has experiment='gan', this run has 'classifier'"),
@@ -233,6 +249,10 @@ BAD_INPUT = [
      "error: image {d}/none.jpg does not exist"),
     ("style image not an image", "main", ["--config=configs/style.py:smoke", "--config.content={d}/text.pth"],
      "error: {d}/text.pth is not an image that Pillow can read"),
+    ("sample export to a folder", "sample", ["--workdir={d}/gan_run", "--output={d}/outdir"],
+     "error: --output={d}/outdir is a folder"),
+    ("sample export --batch_size 0", "sample", ["--workdir={d}/gan_run", "--batch_size=0", "--output={d}/out.npz"],
+     "error: --batch_size must be positive, got 0"),
     ("sample export --num 0", "sample", ["--workdir={d}/gan_run", "--num=0", "--output={d}/out.npz"],
      "error: --num must be positive, got 0"),
 ]

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from tests.helpers import smoke_gan, train_gan, tree_hash
 from tlgan.checkpoint import Checkpointer
+from tlgan.errors import ConfigError
 from tlgan.trainers import gan as gan_trainer
 
 pytestmark = pytest.mark.slow  # end-to-end GAN runs
@@ -78,9 +79,11 @@ def test_mismatched_checkpoint_is_refused_untouched(finished_run):
 
 
 def test_nonfinite_loss_stops_without_checkpoint(tmp_path):
-  with pytest.raises(Exception, match=r"diverged: \w+ = nan at step 1"):
-    train_gan(smoke_gan(num_steps=4, d_lr=float("nan")), tmp_path)
+  with pytest.raises(Exception, match=r"diverged: \w+ = nan at step 1"):  # a NaN batch at the first step
+    train_gan(smoke_gan(num_steps=4, inject_nan_at_step=1), tmp_path)
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+  with pytest.raises(ConfigError, match="d_lr must be positive, got nan"):  # a NaN setting never starts
+    train_gan(smoke_gan(num_steps=4, d_lr=float("nan")), tmp_path / "other")
 
 
 def test_sample_export_round_trips(finished_run, tmp_path):

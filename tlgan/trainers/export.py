@@ -124,6 +124,8 @@ def export_samples(workdir: str, num: int, output: str, seed=None, batch_size: i
     raise UserError(f"--num must be positive, got {num}")
   if batch_size <= 0:
     raise UserError(f"--batch_size must be positive, got {batch_size}")
+  if os.path.isdir(output):
+    raise UserError(f"--output={output} is a folder: give a file path, e.g. {os.path.join(output, 'samples.npz')}")
   config, state, step = restore_run(workdir, which, defaults)
   if seed is None:
     z = gan_eval.eval_latents(config.seed, num, config.model.latent_dim)

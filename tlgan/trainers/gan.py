@@ -193,6 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         manual_dir=config.data.manual_dir or None, download=config.data.download)
     evaluator = gan_eval.GANEvaluator(config, reference_images)
 
+  loop.claim_workdir(workdir)  # from here on the workdir is written: this run holds it
   reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())  # for experiments.sample
   state = par.put_state(state)
   rng = jax.random.key(config.seed)

@@ -7,10 +7,12 @@ save a checkpoint there and return with status 'preempted'; a second Ctrl-C kill
 """
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -37,7 +39,9 @@ class LoopResult:
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails early when the workdir cannot be written, without creating anything."""
+  """Fails early when the workdir cannot be written or another run holds it, without creating anything."""
+  if not workdir or not workdir.strip():
+    raise UserError("--workdir is empty: give the folder the run writes into, e.g. --workdir=runs/gan")
   path = os.path.abspath(workdir)
   while not os.path.exists(path):
     path = os.path.dirname(path)
@@ -49,6 +53,43 @@ def check_workdir(workdir: str) -> None:
       problem = f"cannot be written: {e.strerror}"
   if problem:
     raise UserError(f"workdir {workdir} is not writable ({path} {problem}): choose another --workdir")
+  if os.path.isdir(workdir):
+    claim_workdir(workdir, create=False)
+
+
+_CLAIMED: Dict[str, int] = {}  # workdir -> the descriptor whose flock this process holds until it exits
+LOCK_INFO = ".lock"
+
+
+def claim_workdir(workdir: str, create: bool = True) -> None:
+  """Takes this process's exclusive lock on the workdir (the writer's only: the other processes of a
+  multi-process run share it), so that a second run on the same workdir stops with one line naming the holder
+  instead of both writing the same checkpoints. The lock is an flock on the folder itself, which the kernel
+  releases when the process ends however it ends (kill -9 too): a lock is never stale. The holder's host and
+  PID go into `.lock` for the message."""
+  if not reporting.is_writer():
+    return
+  key = os.path.realpath(workdir)
+  if key not in _CLAIMED:
+    if create:
+      os.makedirs(workdir, exist_ok=True)
+    fd = os.open(workdir, os.O_RDONLY)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      os.close(fd)
+      holder = "another run"
+      try:
+        with open(os.path.join(workdir, LOCK_INFO)) as f:
+          holder = f.read().strip() or holder
+      except OSError:
+        pass
+      raise UserError(f"workdir {workdir} is in use by {holder}: wait for it to finish or stop it, or choose "
+                      "another --workdir") from None
+    _CLAIMED[key] = fd
+  if create:  # the run writes from now on: say who holds the workdir (checks alone never write)
+    reporting.atomic_write(os.path.join(workdir, LOCK_INFO),
+                           lambda f: f.write(f"{socket.gethostname()} pid {os.getpid()}\n".encode()))
 
 
 def read_summary(workdir: str) -> Dict[str, Any]:
@@ -137,6 +178,7 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Paral
   compile_seconds = time.perf_counter() - t0
   logging.info("Compiled the train step in %.1f s", compile_seconds)
 
+  claim_workdir(workdir)
   writer = reporting.MetricWriter(workdir)
   writer.truncate_after(start_step)
   pending: list = []

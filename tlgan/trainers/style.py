@@ -167,6 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if main == "auto":  # SWAG fixes ImageNet ResNets' peaky activations; the offline features do better without
     main = "swag" if kind == "imagenet" else "none"
   smoothings = [main] + (["none" if main == "swag" else "swag"] if config.compare_smoothing else [])
+  loop.claim_workdir(workdir)
   writer = reporting.MetricWriter(workdir)
   results, runs = {}, {}
   try:
