@@ -54,6 +54,7 @@ NUMBERS = {
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Every value the GAN trainer can refuse, refused before anything is built, read or written."""
   check_model_config(config)
+  config_checks.check_numbers(config, gan_eval.NUMBERS)  # every numeric field, evaluation on or off
   if config.eval.enabled:
     gan_eval.check_eval_config(config)
 
