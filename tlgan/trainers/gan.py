@@ -39,16 +39,17 @@ CHOICES = {
     "parallel.mode": parallel.MODES,
 }
 _N = config_checks
-# Every numeric field, by meaning (the evaluation's: gan_eval.NUMBERS).
-NUMBERS = {
+# Every numeric field but the evaluation's (gan_eval.NUMBERS), by meaning.
+MODEL_NUMBERS = {
     "seed": _N.NON_NEGATIVE_INT, "batch_size": _N.POSITIVE_INT, "num_steps": _N.POSITIVE_INT,
     "g_lr": _N.POSITIVE, "d_lr": _N.POSITIVE, "b1": _N.FRACTION, "b2": _N.FRACTION, "ema_decay": _N.FRACTION,
     "model.latent_dim": _N.POSITIVE_INT, "model.g_features": _N.POSITIVE_INT, "model.d_features": _N.POSITIVE_INT,
     "model.d_trunk_size": _N.NON_NEGATIVE_INT, "data.num_shards": _N.NON_NEGATIVE_INT,
     "transfer.freeze_d_layers": _N.NON_NEGATIVE_INT, "log_every": _N.POSITIVE_INT, "sample_every": _N.POSITIVE_INT,
     "checkpoint_every": _N.POSITIVE_INT, "keep_checkpoints": _N.POSITIVE_INT, "num_sample_images": _N.POSITIVE_INT,
-    "inject_nan_at_step": _N.NON_NEGATIVE_INT, **gan_eval.NUMBERS,
+    "inject_nan_at_step": _N.NON_NEGATIVE_INT,
 }
+NUMBERS = {**MODEL_NUMBERS, **gan_eval.NUMBERS}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -62,7 +63,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def check_model_config(config: ml_collections.ConfigDict) -> None:
   """What `build_state` needs: the tables' values, a dataset D can shrink, EMA and FreezeD in range."""
   config_checks.check_choices(config, CHOICES)
-  config_checks.check_numbers(config, {k: v for k, v in NUMBERS.items() if not k.startswith("eval.")})
+  config_checks.check_numbers(config, MODEL_NUMBERS)
   m = config.model
   image_shape = data.spec(config.data.name).image_shape
   try:
