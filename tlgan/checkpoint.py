@@ -15,6 +15,7 @@ last `max_to_keep`, the best one is kept (Orbax's preservation policies: LatestN
 keeps comparing against the best of the runs before it.
 """
 
+import gc
 import logging
 import os
 import time
@@ -48,6 +49,35 @@ class _NoMetricsNoise(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_NoMetricsNoise())
+
+
+def _from_orbax(error: Optional[BaseException]) -> bool:
+  """Whether `error` (or an error it was raised from) passed through Orbax or TensorStore code."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    tb = error.__traceback__
+    while tb is not None:
+      filename = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
+      if "/orbax/" in filename or "/tensorstore/" in filename:
+        return True
+      tb = tb.tb_next
+    error = error.__cause__ or error.__context__
+  return False
+
+
+class _OrbaxTaskNoise(logging.Filter):
+  """A restore of a damaged checkpoint fails on its first unreadable array; Orbax leaves the reads of the other
+  arrays running, and when they fail too asyncio logs each ('Task/_GatheringFuture exception was never
+  retrieved') whenever it collects them, possibly after the run's closing error line. We have already reported that checkpoint."""
+
+  def filter(self, record):
+    if "exception was never retrieved" not in record.getMessage().split("\n", 1)[0]:  # a Task or a gather
+      return True
+    return not (record.exc_info and _from_orbax(record.exc_info[1]))
+
+
+logging.getLogger("asyncio").addFilter(_OrbaxTaskNoise())
 
 
 class _SlowFinalizeJson(ocp.JsonCheckpointHandler):
@@ -155,6 +185,7 @@ class Checkpointer:
         logging.warning("checkpoint %d in %s failed to load (%s: %s); trying the one before it",
                         step, self.directory, type(e).__name__, _first_line(e))
         self._damaged.add(step)
+        gc.collect()  # the failed restore's abandoned reads: collected (and filtered) now, not at exit
         continue
       logging.info("Restored checkpoint %d from %s", step, self.directory)
       return serialization.from_state_dict(state, restored["state"]), step
