@@ -16,11 +16,12 @@ metric the run may have been tuned against, pass --feature_weights of another cl
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 flags.DEFINE_string("samples", None, "An .npz of uint8 images (N, H, W, C) under 'images'.")
 flags.DEFINE_string("dataset", None, "With --samples: the dataset to compare with (fashion_mnist, digits28, ...).")
@@ -42,7 +43,8 @@ def main(argv):
   from tlgan import reporting
   from tlgan.errors import UserError
   from tlgan.trainers import export
-  try:
+
+  def work() -> int:
     if bool(FLAGS.samples) == bool(FLAGS.workdir):
       raise UserError("pass either --samples=FILE.npz --dataset=NAME, or --workdir=RUN")
     if FLAGS.samples:
@@ -58,13 +60,12 @@ def main(argv):
       return 0
     result = export.evaluate_run(FLAGS.workdir, FLAGS.feature_weights, FLAGS.num, FLAGS.which, FLAGS.cache_dir,
                                  defaults=gan.get_config())
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  reporting.write_json(os.path.join(FLAGS.workdir, f"eval_{result['network']}.json"), result)
-  print(json.dumps(result, indent=1))
-  return 0
+    reporting.write_json(os.path.join(FLAGS.workdir, f"eval_{result['network']}.json"), result)
+    print(json.dumps(result, indent=1))
+    return 0
+
+  return cli.guarded(work)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

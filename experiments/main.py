@@ -2,8 +2,13 @@
 
 Parses flags, logs the devices, and hands the config to the trainer named by `config.experiment`. Problems
 with the input (an unknown config field, a bad value, missing data, a workdir that does not fit) end the run
-with one line on stderr and exit status 2 (`--verbose` shows the traceback). A run stopped by SIGTERM or
-Ctrl-C saves a checkpoint and exits with status 3; the same command resumes it.
+with one line on stderr and exit status 2 (`--verbose` shows the traceback). Exit statuses:
+
+  0    done: the training, its final evaluation and summary.json are complete (a rerun does nothing)
+  2    an input error (one `error:` line)
+  3    stopped by SIGTERM, SIGINT (Ctrl-C) or SIGHUP in any phase, with every checkpoint already written kept
+       (a checkpoint is saved at the step training was at): more to do, run the same command to continue
+  128+N  a second stop signal N exited at once (130 for a second Ctrl-C), without saving anything more
 """
 
 import os
@@ -12,6 +17,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import logging as py_logging
+
+from tlgan import stopping  # noqa: E402  (first: it imports nothing heavy)
+from experiments import cli  # noqa: E402
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -90,17 +98,14 @@ def main(argv):
                jax.process_index(), jax.process_count(), jax.devices())
   logging.info("Config:\n%s", config)
   table = trainers()
-  try:
+
+  def work() -> int:
     if config.experiment not in table:
       raise UserError(f"unknown experiment {config.experiment!r} in the config: use one of {sorted(table)}")
     summary = table[config.experiment](config, FLAGS.workdir)
-  except UserError as e:
-    if FLAGS.verbose:
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  if summary.get("status") == "preempted":
-    sys.exit(3)
+    return stopping.EXIT_STOPPED if summary.get("status") == "preempted" else 0
+
+  return cli.guarded(work, verbose=FLAGS.verbose)
 
 
 def _parse_or_exit(argv):
@@ -158,5 +163,6 @@ def _check_config_args(argv):
 
 
 if __name__ == "__main__":
+  stopping.install()  # from the first moment: a stop while flags are parsed or JAX starts is clean too
   parsed = _parse_or_exit(sys.argv)
-  app.run(main, flags_parser=lambda _: parsed)
+  cli.run(main, flags_parser=lambda _: parsed)

@@ -9,11 +9,12 @@ the run had one. By default the latents are the run's own evaluation latents, so
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import flags
+
+from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A GAN run's workdir.")
 flags.DEFINE_integer("num", 10000, "How many samples.")
@@ -28,16 +29,16 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from configs import gan
-  from tlgan.errors import UserError
   from tlgan.trainers import export
-  try:
+
+  def work() -> int:
     path = export.export_samples(FLAGS.workdir, FLAGS.num, FLAGS.output, seed=FLAGS.seed,
                                  batch_size=FLAGS.batch_size, which=FLAGS.which, defaults=gan.get_config())
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(f"wrote {FLAGS.num} samples to {path}")
+    print(f"wrote {FLAGS.num} samples to {path}")
+    return 0
+
+  return cli.guarded(work)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

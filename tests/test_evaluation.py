@@ -47,6 +47,20 @@ def test_frechet_distance_refuses_a_large_imaginary_part():
     evaluation.frechet_distance(np.zeros(2), bad, np.zeros(2), np.eye(2))
 
 
+@pytest.mark.parametrize("which", ["mu1", "sigma1", "mu2", "sigma2"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_frechet_distance_refuses_non_finite_statistics_before_any_linear_algebra(monkeypatch, which, value):
+  def no_linear_algebra(*args, **kwargs):
+    raise AssertionError("the matrix square root was reached")
+
+  monkeypatch.setattr(evaluation.linalg, "sqrtm", no_linear_algebra)
+  stats = {"mu1": np.zeros(3), "sigma1": np.eye(3), "mu2": np.ones(3), "sigma2": 2 * np.eye(3)}
+  stats[which] = stats[which].copy()
+  stats[which].flat[0] = value
+  with pytest.raises(evaluation.NonFiniteError, match="NaN or Inf"):
+    evaluation.frechet_distance(stats["mu1"], stats["sigma1"], stats["mu2"], stats["sigma2"])
+
+
 def test_kid_equals_torch_fidelity():
   torch = pytest.importorskip("torch")
   metric_kid = pytest.importorskip("torch_fidelity.metric_kid")

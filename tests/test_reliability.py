@@ -173,6 +173,7 @@ def files(tmp_path_factory, reference):
   pretrained.save(str(d / "inf.msgpack"), variables18, pretrained.WeightsMeta("resnet18", source="test"))
   variables = pretrained.from_torchvision(torchvision.models.resnet34().state_dict(), "resnet34")
   pretrained.save(str(d / "resnet34.msgpack"), variables, pretrained.WeightsMeta("resnet34", source="test"))
+  np.savez(d / "digits_samples.npz", images=np.zeros((64, 28, 28, 1), np.uint8))
   shutil.copytree(reference, d / "gan_run")
   shutil.copytree(reference, d / "all_damaged")
   for step in checkpoint_steps(str(d / "all_damaged")):
@@ -253,6 +254,12 @@ BAD_INPUT = [
      "error: --output={d}/outdir is a folder"),
     ("sample export --batch_size 0", "sample", ["--workdir={d}/gan_run", "--batch_size=0", "--output={d}/out.npz"],
      "error: --batch_size must be positive, got 0"),
+    ("metric network with Inf weights", "evaluate",  # (it made FD's matrix square root spin for minutes)
+     ["--samples={d}/digits_samples.npz", "--dataset=digits28", "--feature_weights={d}/inf.msgpack",
+      "--cache_dir={d}/cache"], "error: {d}/inf.msgpack: params/layer2_0/conv1/kernel holds 1 NaN or Inf values"),
+    ("GAN metric network with Inf weights", "main", GAN + ["--config.eval.enabled=true",
+                                                         "--config.eval.feature_weights={d}/inf.msgpack"],
+     "error: {d}/inf.msgpack: params/layer2_0/conv1/kernel holds 1 NaN or Inf values"),
     ("sample export --num 0", "sample", ["--workdir={d}/gan_run", "--num=0", "--output={d}/out.npz"],
      "error: --num must be positive, got 0"),
 ]
@@ -264,7 +271,8 @@ def test_bad_input_one_line_error_and_nothing_changed(files, tmp_path, case):
   args = [a.format(d=files) for a in args]
   if command == "main" and not any(a.startswith("--workdir=") for a in args):
     args.append(f"--workdir={tmp_path}/work")
-  module = {"main": "experiments.main", "convert": "tlgan.pretrained", "sample": "experiments.sample"}[command]
+  module = {"main": "experiments.main", "convert": "tlgan.pretrained", "sample": "experiments.sample",
+            "evaluate": "experiments.evaluate"}[command]
   if command == "convert" and not any(a.startswith("--output=") for a in args):
     args.append(f"--output={tmp_path}/work/weights.msgpack")
   before = tree_hash(str(files))

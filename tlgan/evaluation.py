@@ -14,6 +14,19 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from scipy import linalg
 
+from tlgan.errors import NonFiniteError
+
+
+def require_finite(what: str, array) -> None:
+  """Raises NonFiniteError naming `what` when `array` holds NaN or Inf: refused before any linear algebra
+  (scipy's matrix square root of a NaN matrix can spin for minutes)."""
+  array = np.asarray(array)
+  bad = ~np.isfinite(array)
+  if bad.any():
+    rows = int(bad.reshape(len(array), -1).any(axis=1).sum()) if array.ndim > 1 else int(bad.sum())
+    raise NonFiniteError(f"{what} hold NaN or Inf ({rows} of {len(array)} rows): the metric network or the "
+                         "images scored are broken; check the weights file (or the generator's samples)")
+
 class FeatureStats:
   """Streaming mean and covariance (unbiased, like np.cov) of feature vectors, in float64."""
 
@@ -50,6 +63,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or s1.shape != s2.shape:
     raise ValueError(f"statistics of different dimensions: {mu1.shape} vs {mu2.shape}")
+  for what, array in (("the first mean", mu1), ("the first covariance", s1), ("the second mean", mu2),
+                      ("the second covariance", s2)):
+    require_finite(f"Fréchet distance: {what}'s entries", array)
   covmean = linalg.sqrtm(s1 @ s2)
   if not np.all(np.isfinite(covmean)):
     offset = np.eye(s1.shape[0]) * eps

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tlgan import pretrained, reporting
+from tlgan import evaluation, pretrained, reporting, stopping
 from tlgan.errors import UserError
 from tlgan.evaluation import FeatureStats
 
@@ -59,6 +59,7 @@ class FeatureNetwork:
                       f"{np.asarray(images).dtype}")
     feats, logits = [], []
     for i in range(0, len(images), batch_size):
+      stopping.check(f"computing {self.name} features")
       f, l = self.apply(jnp.asarray(images[i:i + batch_size], jnp.float32) / 255.0)
       feats.append(np.asarray(f))
       logits.append(np.asarray(l))
@@ -156,6 +157,7 @@ def reference_features(net: FeatureNetwork, images_uint8: np.ndarray, *, dataset
     with np.load(path) as cached:
       return cached["features"]
   feats, _ = net(images_uint8)
+  evaluation.require_finite(f"the {net.name} features of {dataset}[{split}]", feats)  # never cached
   if reporting.is_writer():
     reporting.atomic_write(path, lambda f: np.savez(f, features=feats))
   return feats

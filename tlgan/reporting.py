@@ -123,9 +123,12 @@ class MetricWriter:
     """Drops rows logged after `step` (a resumed run re-logs them)."""
     if self._jsonl is None:
       return
-    self.history = [row for row in self.history if row["step"] <= step]
+    self._rewrite([row for row in self.history if row["step"] <= step])
+
+  def _rewrite(self, rows: List[Dict[str, float]]) -> None:
+    self.history = rows
     self._jsonl.close()
-    atomic_write(self._jsonl_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.history), "w")
+    atomic_write(self._jsonl_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), "w")
     self._jsonl = open(self._jsonl_path, "a")
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:
@@ -137,6 +140,15 @@ class MetricWriter:
     self._jsonl.flush()
     for key, value in scalars.items():  # 'FD[net]' -> 'FD/net': TensorBoard groups it, and allows it
       self._tb.add_scalar(key.replace("[", "/").rstrip("]"), float(value), int(step))
+
+  def replace(self, step: int, scalars: Dict[str, float]) -> None:
+    """Writes `scalars` at `step`, first dropping the values of the same names logged at that step before
+    (the end of a run, redone), so that no name appears twice at one step."""
+    if self._jsonl is None or not scalars:
+      return
+    rows = [{k: v for k, v in row.items() if row["step"] != step or k not in scalars} for row in self.history]
+    self._rewrite([row for row in rows if len(row) > 1])
+    self.write(step, scalars)
 
   def close(self) -> None:
     if self._jsonl is not None:

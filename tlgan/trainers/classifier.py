@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from tlgan import config_checks, data, parallel, pretrained, reporting
+from tlgan import config_checks, data, parallel, pretrained, reporting, stopping
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
@@ -120,6 +120,7 @@ def evaluate(eval_fn, state, images, labels, batch_size, map_fn, mesh, num_class
   totals = None
   for batch in data.eval_batches(images, labels, batch_size=batch_size, map_fn=map_fn,
                                  num_batches=max(1, -(-largest // batch_size))):
+    stopping.check("evaluating the classifier", collective=True)
     sums = eval_fn(state, parallel.global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -189,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                                        subset_seed + shard.index)
   loop.log_shards(config.data.name, shards)
   test_x, test_y = data.load_split(config.data.name, config.data.test_split, **load)
+  stopping.check("reading the data")
   n_train = int(sum(len(s.images) for s in shards))
   if jax.process_count() > 1:
     n_train = int(np.sum(multihost_utils.process_allgather(np.int64(n_train))))
@@ -208,9 +210,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       max_to_keep=config.keep_checkpoints)
   state, restored = checkpointer.restore_latest(state)
   start = int(state.step)
-  if start >= total_steps:
-    logging.info("Checkpoint %d already reaches %d steps: nothing to train", start, total_steps)
-    return loop.read_summary(workdir)
+  done = loop.completed_summary(workdir, start) if start >= total_steps else None
+  if done:
+    logging.info("Checkpoint %d already reaches %d steps and its summary is complete: nothing to do", start,
+                 total_steps)
+    return done
 
   a = config.augment
   common = dict(image_size=config.model.image_size, channels=config.model.channels,
@@ -274,9 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "test_examples": final["count"] if final else None,
       "accuracy_history": results.get("history", []),
       "wall_time_s": round(time.time() - wall_start, 2),
-      "train_time_s": round(result.train_seconds, 2),
-      "compile_time_s": round(result.compile_seconds, 2),
-      "train_images_per_s": round(result.images_per_second, 1),
+      **result.timing(),
       "final_metrics": {k: v for k, v in result.last_metrics.items()},
       "batch_size": {"global": sizes.global_, "per_process": sizes.per_process, "per_device": sizes.per_device},
       "grad_accum_steps": config.grad_accum_steps,

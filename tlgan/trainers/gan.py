@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from tlgan import config_checks, data, feature_networks, param_groups, parallel, pretrained, reporting
+from tlgan import (config_checks, data, feature_networks, param_groups, parallel, pretrained, reporting,
+                   stopping)
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.losses import LOSSES
@@ -176,9 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if restored is None and config.transfer.init_workdir:  # resume order: this workdir > the source run > scratch
     state = init_from_source(config, state, ds_spec.image_shape)
   start = int(state.step)
-  if start >= config.num_steps:
-    logging.info("Checkpoint %d already reaches num_steps=%d: nothing to train", start, config.num_steps)
-    return loop.read_summary(workdir)
+  done = loop.completed_summary(workdir, start) if start >= config.num_steps else None
+  if done:
+    logging.info("Checkpoint %d already reaches num_steps=%d and its summary is complete: nothing to do", start,
+                 config.num_steps)
+    return done
 
   shards = data.load_shards(
       config.data.name, config.data.split, num_shards=config.data.num_shards, data_dir=config.data.data_dir or None,
@@ -188,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   images = np.concatenate([s.images for s in shards])
   batches = data.sharded_train_batches(shards, batch_size=sizes.per_process, seed=config.seed, start_step=start)
   batches = loop.poison_batches(batches, config.inject_nan_at_step, start)
+  stopping.check("reading the training data")
   evaluator = None
   if config.eval.enabled:
     reference_images, _ = data.load_split(
@@ -210,10 +214,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   def to_device(batch):
     return par.put_batch({"image": batch["image"]})
 
+  def evaluate(step, state):
+    logging.info("Evaluating %d samples at step %d", config.eval.num_samples, step)
+    return evaluator(state, config.eval.num_samples, max(1, config.eval.kid_subsets // 5))
+
   hooks = [(config.sample_every, write_samples)]
   if evaluator is not None:
-    hooks.append((config.eval.every, lambda step, state: evaluator(
-        state, config.eval.num_samples, max(1, config.eval.kid_subsets // 5))))
+    hooks.append((config.eval.every, evaluate))
   result = loop.run(
       state=state, step_fn=gan_step.train_step, batches=map(to_device, batches), rng=rng, par=par,
       config=config, workdir=workdir, checkpointer=checkpointer, start_step=start,
@@ -223,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                         ["d_loss", "g_loss", "d_real", "d_fake"], title=f"DCGAN on {config.data.name}")
   final_eval = None
   if evaluator is not None and result.status == "completed":
+    logging.info("Final evaluation: %d samples", config.eval.final_num_samples)
     final_eval = {
         **evaluator.scorer.describe(),
         "num_samples": config.eval.final_num_samples,
@@ -243,9 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       "num_steps": config.num_steps,
       "resumed_from_step": restored,
       "wall_time_s": round(time.time() - wall_start, 2),
-      "train_time_s": round(result.train_seconds, 2),
-      "compile_time_s": round(result.compile_seconds, 2),
-      "train_images_per_s": round(result.images_per_second, 1),
+      **result.timing(),
       "final_metrics": result.last_metrics,
       "final_eval": final_eval,
       "best_checkpoint": best_checkpoint(checkpointer, evaluator),

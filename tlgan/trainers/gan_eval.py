@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import jax
 import numpy as np
 
-from tlgan import config_checks, evaluation, feature_networks
+from tlgan import config_checks, evaluation, feature_networks, stopping
 from tlgan.errors import ConfigError
 from tlgan.steps import gan as gan_step
 
@@ -33,8 +33,11 @@ def eval_latents(seed: int, num: int, latent_dim: int) -> jax.Array:
 
 def generate_uint8(state, z, batch_size: int = 500) -> np.ndarray:
   """G's samples of latents `z` as uint8 images (N, H, W, C)."""
-  return np.concatenate([feature_networks.to_uint8(_sample(state, z[i:i + batch_size]))
-                         for i in range(0, len(z), batch_size)])
+  images = []
+  for i in range(0, len(z), batch_size):
+    stopping.check("generating samples")
+    images.append(feature_networks.to_uint8(_sample(state, z[i:i + batch_size])))
+  return np.concatenate(images)
 
 
 def build_networks(dataset: str, *, feature_weights: str = "", domain_network: bool = True,
@@ -91,6 +94,9 @@ class SampleScorer:
     return result
 
   def compare_features(self, net, features, logits, kid_subsets: int) -> Dict[str, float]:
+    evaluation.require_finite(f"the {net.name} features of the scored images", features)
+    evaluation.require_finite(f"the {net.name} features of the reference {self.reference_name}",
+                              self.real[net.name])
     stats, real = feature_networks.stats_of(features), self.real_stats[net.name]
     result = {f"FD[{net.name}]": evaluation.frechet_distance(stats.mean, stats.cov, real.mean, real.cov)}
     kid, kid_std = evaluation.kernel_distance(features, self.real[net.name], num_subsets=kid_subsets,

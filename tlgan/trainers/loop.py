@@ -2,8 +2,10 @@
 
 Metrics stay on the device until a log step; there they are fetched in one transfer, checked for NaN/Inf
 (naming the first bad step and metric) and averaged. A checkpoint is only written after the metrics of every
-step up to it were checked, so a diverged state is never saved. SIGTERM and Ctrl-C finish the current step,
-save a checkpoint there and return with status 'preempted'; a second Ctrl-C kills at once.
+step up to it were checked, so a diverged state is never saved. SIGTERM, SIGHUP and Ctrl-C finish the current
+step (or abandon a hook: evaluation, samples), save a checkpoint there and return with status 'preempted'
+(`tlgan.stopping` holds the whole signal policy). A run resumed at its last step trains nothing: it runs that
+step's hooks again (the end of a run that was stopped there) and returns 'completed'.
 """
 
 import dataclasses
@@ -11,7 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from tlgan import data, parallel, reporting
+from tlgan import data, parallel, reporting, stopping
 from tlgan.errors import NonFiniteError, UserError
 
 
@@ -33,9 +34,16 @@ class LoopResult:
   state: Any
   history: List[Dict[str, float]]
   last_metrics: Dict[str, float]
-  train_seconds: float
-  compile_seconds: float
-  images_per_second: float
+  train_seconds: Optional[float]  # None: this session trained nothing (it redid the end of a run)
+  compile_seconds: Optional[float]
+  images_per_second: Optional[float]
+
+  def timing(self) -> Dict[str, Optional[float]]:
+    """This session's times and rate, for a summary (None where it trained nothing)."""
+    def rounded(value, digits):
+      return None if value is None else round(value, digits)
+    return {"train_time_s": rounded(self.train_seconds, 2), "compile_time_s": rounded(self.compile_seconds, 2),
+            "train_images_per_s": rounded(self.images_per_second, 1)}
 
 
 def check_workdir(workdir: str) -> None:
@@ -93,11 +101,14 @@ def claim_workdir(workdir: str, create: bool = True) -> None:
 
 
 def read_summary(workdir: str) -> Dict[str, Any]:
+  """summary.json, or {} when there is none or it cannot be read (a rerun then writes it again)."""
   path = os.path.join(workdir, "summary.json")
-  if os.path.exists(path):
+  try:
     with open(path) as f:
-      return json.load(f)
-  return {}
+      summary = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return summary if isinstance(summary, dict) else {}
 
 
 def log_shards(dataset: str, shards) -> None:
@@ -113,31 +124,6 @@ def poison_batches(batches: Iterator, at_step: int, start_step: int) -> Iterator
     if step == at_step:
       batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
     yield batch
-
-
-class StopRequest:
-  """Turns SIGTERM / the first SIGINT into a flag the loop checks after each step."""
-
-  def __init__(self):
-    self.signal_name: Optional[str] = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    self.signal_name = signal.Signals(signum).name
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    return False
 
 
 def _check_finite(pending) -> None:
@@ -167,17 +153,51 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Paral
   `state` and `batches` are placed by `par` (`par.put_state`, `par.put_batch`). `hooks` are `(every, fn)`
   pairs: `fn(step, state)` runs after every `every`-th step and after the last one, with the state as
   replicated global arrays (`par.host_state`); a dict it returns is logged as scalars at that step
-  (evaluation results, say). The returned state is in that form too. `best_metric` = (hook key, checkpoint
-  metric name): at every step where a hook returns that key, a checkpoint is saved with the value (lower is
-  better), so that the checkpointer can keep the best one.
+  (evaluation results, say). A hook may raise `stopping.Stopped` (through `stopping.check`) to be abandoned.
+  The returned state is in that form too. `best_metric` = (hook key, checkpoint metric name): at every step
+  where a hook returns that key, a checkpoint is saved with the value (lower is better), so that the
+  checkpointer can keep the best one.
   """
   num_steps = num_steps or config.num_steps
-  batch = next(batches)
-  t0 = time.perf_counter()
-  compiled = par.compile(step_fn, state, batch, rng)
-  compile_seconds = time.perf_counter() - t0
-  logging.info("Compiled the train step in %.1f s", compile_seconds)
+  with stopping.handlers():
+    if start_step >= num_steps:
+      return _finish(state=state, par=par, workdir=workdir, step=start_step, hooks=hooks)
+    stopping.check("reading the first batch")
+    batch = next(batches)
+    t0 = time.perf_counter()
+    logging.info("Compiling the train step")
+    compiled = par.compile(step_fn, state, batch, rng)
+    compile_seconds = time.perf_counter() - t0
+    logging.info("Compiled the train step in %.1f s", compile_seconds)
+    stopping.check("compiling the train step")
+    return _train(state=state, compiled=compiled, batch=batch, batches=batches, rng=rng, par=par, config=config,
+                  workdir=workdir, checkpointer=checkpointer, start_step=start_step, num_steps=num_steps,
+                  global_batch=global_batch, hooks=hooks, best_metric=best_metric,
+                  compile_seconds=compile_seconds)
 
+
+def _finish(*, state, par, workdir: str, step: int, hooks) -> LoopResult:
+  """The end of a training that reached its last step in an earlier session: that step's hooks once more (a stop
+  may have cut them short), their scalars replacing whatever was logged under the same names at that step."""
+  claim_workdir(workdir)
+  logging.info("Checkpoint %d is the last step: running its hooks (evaluation, samples) to finish the run", step)
+  host = par.host_state(state)
+  writer = reporting.MetricWriter(workdir)
+  try:
+    writer.truncate_after(step)
+    scalars = {}
+    for _, hook in hooks:
+      scalars.update(hook(step, host) or {})
+    writer.replace(step, scalars)
+  finally:
+    writer.close()
+  last = {k: v for row in writer.history if row["step"] == step for k, v in row.items() if k != "step"}
+  return LoopResult(status="completed", step=step, state=host, history=writer.history, last_metrics=last,
+                    train_seconds=None, compile_seconds=None, images_per_second=None)
+
+
+def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, checkpointer, start_step: int,
+           num_steps: int, global_batch: int, hooks, best_metric, compile_seconds: float) -> LoopResult:
   claim_workdir(workdir)
   writer = reporting.MetricWriter(workdir)
   writer.truncate_after(start_step)
@@ -190,55 +210,68 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Paral
   progress = tqdm(total=num_steps, initial=start_step, unit="step", disable=not reporting.is_writer(),
                   dynamic_ncols=True, mininterval=2.0, file=sys.stderr, desc=config.experiment)
   try:
-    with StopRequest() as stop:
-      while step < num_steps:
-        state, metrics = compiled(state, batch, rng)
-        step += 1
-        window_steps += 1
-        pending.append((step, metrics))
-        progress.update(1)
-        due = [hook for every, hook in hooks if step == num_steps or step % every == 0]
-        if due:  # hooks read the state: make sure it is finite first (this syncs, as the hooks would)
-          _check_finite(pending)
-        hook_start = time.perf_counter()
-        step_scalars = {}
+    while step < num_steps:
+      state, metrics = compiled(state, batch, rng)
+      step += 1
+      window_steps += 1
+      pending.append((step, metrics))
+      progress.update(1)
+      due = [hook for every, hook in hooks if step == num_steps or step % every == 0]
+      if due:  # hooks read the state: make sure it is finite first (this syncs, as the hooks would)
+        _check_finite(pending)
+      hook_start = time.perf_counter()
+      step_scalars, abandoned = {}, None
+      try:
         for hook in due:  # evaluation, samples: also after the last step
           step_scalars.update(hook(step, par.host_state(state)) or {})
-        hook_seconds += time.perf_counter() - hook_start  # kept out of the training rate
-        hook_scalars.update(step_scalars)
-        stopping = stop.signal_name is not None and step < num_steps
-        scored = best_metric is not None and np.isfinite(step_scalars.get(best_metric[0], np.nan))
-        save = stopping or scored or step == num_steps or step % config.checkpoint_every == 0
-        if save or step % config.log_every == 0:
-          _check_finite(pending)  # blocks on the device: the window's time is real
-          last_metrics = _average(pending)
-          pending.clear()
-          elapsed = time.perf_counter() - window_start - hook_seconds
-          windows.append((window_steps, elapsed))
-          rate = window_steps * global_batch / elapsed
-          writer.write(step, {**last_metrics, "images_per_s": rate, **step_scalars})
-          progress.set_postfix({"img/s": f"{rate:.0f}", **{k: f"{last_metrics[k]:.3f}" for k in
-                                                        ("d_loss", "g_loss", "loss") if k in last_metrics}})
-          window_start, window_steps, hook_seconds = time.perf_counter(), 0, 0.0
-        elif step_scalars:
-          writer.write(step, step_scalars)
-        if save:
-          checkpointer.save(step, par.host_state(state),
-                            metrics={best_metric[1]: float(step_scalars[best_metric[0]])} if scored else None)
-        if stopping:
-          status = "preempted"
-          logging.warning("%s received: checkpoint saved at step %d; run the same command to resume",
-                          stop.signal_name, step)
-          break
-        if step < num_steps:
-          batch = next(batches)
+      except stopping.Stopped as e:  # the state is good (checked above): save it, skip the remaining hooks
+        abandoned, step_scalars = e, {}
+      hook_seconds += time.perf_counter() - hook_start  # kept out of the training rate
+      hook_scalars.update(step_scalars)
+      # A request that comes after the last step's hooks stops nothing here: training is complete (the work
+      # after the loop checks it again).
+      stop = abandoned is not None or (stopping.requested() is not None and step < num_steps)
+      scored = best_metric is not None and np.isfinite(step_scalars.get(best_metric[0], np.nan))
+      save = stop or scored or step == num_steps or step % config.checkpoint_every == 0
+      if save or step % config.log_every == 0:
+        _check_finite(pending)  # blocks on the device: the window's time is real
+        last_metrics = _average(pending)
+        pending.clear()
+        elapsed = time.perf_counter() - window_start - hook_seconds
+        windows.append((window_steps, elapsed))
+        rate = window_steps * global_batch / elapsed
+        writer.write(step, {**last_metrics, "images_per_s": rate, **step_scalars})
+        progress.set_postfix({"img/s": f"{rate:.0f}", **{k: f"{last_metrics[k]:.3f}" for k in
+                                                      ("d_loss", "g_loss", "loss") if k in last_metrics}})
+        window_start, window_steps, hook_seconds = time.perf_counter(), 0, 0.0
+      elif step_scalars:
+        writer.write(step, step_scalars)
+      if save:
+        checkpointer.save(step, par.host_state(state),
+                          metrics={best_metric[1]: float(step_scalars[best_metric[0]])} if scored else None)
+      if stop:
+        status, reason = "preempted", abandoned or f"{stopping.requested()} received"
+        break
+      if step < num_steps:
+        batch = next(batches)
   finally:
     progress.close()
     writer.close()
     checkpointer.close()
+  if status == "preempted":  # after the progress bar's last line, so that it is the run's last line
+    logging.warning("%s: checkpoint saved at step %d; run the same command to resume", reason, step)
   timed = windows[1:] or windows  # the first window includes warm-up: keep it out when there are others
   timed_steps, timed_seconds = sum(w[0] for w in timed), max(sum(w[1] for w in timed), 1e-9)
   return LoopResult(status=status, step=step, state=par.host_state(state), history=writer.history,
                     last_metrics={**last_metrics, **hook_scalars},
                     train_seconds=timed_seconds, compile_seconds=compile_seconds,
                     images_per_second=timed_steps * global_batch / timed_seconds)
+
+
+def completed_summary(workdir: str, step: int) -> Optional[Dict[str, Any]]:
+  """summary.json when it records a completed run ending at `step` (the checkpoint at hand), else None: a
+  rerun of such a run has nothing to do; any other summary (stopped, stale, absent) means work is left."""
+  summary = read_summary(workdir)
+  if summary.get("status") == "completed" and summary.get("step") == step:
+    return summary
+  return None

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tlgan import config_checks, feature_networks, pretrained, reporting, style
+from tlgan import config_checks, feature_networks, pretrained, reporting, stopping, style
 from tlgan.errors import ConfigError, UserError
 from tlgan.models.resnet import STAGES
 from tlgan.trainers import loop
@@ -112,6 +112,7 @@ def optimise(config, features, sizes, smoothing: str, writer, tag: str):
       # make the second call compile the step again.
       opt_state = jax.tree.map(lambda a: jnp.asarray(a, jnp.asarray(a).dtype), tx.init(levels))
       for i in range(1, config.num_steps + 1):
+        stopping.check("optimising the image (style transfer keeps no checkpoints: a rerun starts over)")
         levels, opt_state, _, parts = step(levels, opt_state)
         if i % config.log_every == 0 or i == config.num_steps:
           row = {k: float(v) for k, v in parts.items()}

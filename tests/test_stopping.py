@@ -1,0 +1,41 @@
+"""tlgan.stopping in this process: a signal becomes a request that `check` turns into `Stopped`, handlers are
+restored after the block, and an ignored SIGHUP (nohup) stays ignored. Real processes: tests/test_signals.py."""
+
+import os
+import signal
+
+import pytest
+
+from tlgan import stopping
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_is_a_request_that_check_raises(sig):
+  before = signal.getsignal(sig)
+  with stopping.handlers():
+    stopping.check("warming up")  # no request yet: nothing happens
+    os.kill(os.getpid(), sig)
+    assert stopping.requested() == sig.name
+    with pytest.raises(stopping.Stopped, match=f"{sig.name} received while evaluating"):
+      stopping.check("evaluating")
+  assert signal.getsignal(sig) == before  # the block's handlers are gone
+
+
+def test_a_request_ends_with_its_block():
+  with stopping.handlers():
+    os.kill(os.getpid(), signal.SIGTERM)
+  assert stopping.requested() is None
+  stopping.check("the next run's data")  # (code that calls trainers one after the other)
+  with stopping.handlers():
+    assert stopping.requested() is None
+    stopping.check("training")
+
+
+def test_nohup_keeps_sighup_ignored():
+  previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+  try:
+    with stopping.handlers():
+      assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+      assert signal.getsignal(signal.SIGTERM) == stopping._handle
+  finally:
+    signal.signal(signal.SIGHUP, previous)

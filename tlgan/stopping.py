@@ -1,0 +1,114 @@
+"""Stop requests: how every phase of a run reacts to SIGTERM, SIGINT (Ctrl-C) and SIGHUP.
+
+The first signal only records a request. The training loop reads it after each step (it saves a checkpoint
+there and returns with status 'preempted'); long work outside the step (evaluation, sample generation, feature
+extraction, reading data, compiling) calls `check(what)` between its units of work, which raises `Stopped`, so
+a run stops within seconds in any phase, keeping every checkpoint already written. The entry point turns
+`Stopped` and a preempted loop into exit status 3: "stopped, more to do, run the same command to continue".
+
+A second signal exits at once, with one line on stderr and status 128 + the signal's number (130 for
+Ctrl-C), without a traceback and without saving: what was saved before stays (checkpoints are written to a
+temporary folder and renamed when complete). SIGHUP is handled like SIGTERM (a closed terminal or SSH session
+stops the run cleanly), unless it is ignored (`nohup`), which is left as it is.
+
+The command-line tools install the handlers for the whole process (`install()`); `loop.run` installs them for
+its duration (`handlers()`) when code calls a trainer directly. Only the main thread can.
+"""
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Optional
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+EXIT_STOPPED = 3  # the documented status of a run stopped cleanly: rerun the same command to continue
+
+_requested: Optional[str] = None
+_depth = 0
+
+
+class Stopped(Exception):
+  """A stop was requested (by `signal_name`) while `what` was running; nothing half-done was kept."""
+
+  def __init__(self, signal_name: str, what: str):
+    super().__init__(f"{signal_name} received while {what}")
+    self.signal_name, self.what = signal_name, what
+
+
+def requested() -> Optional[str]:
+  """The name of the signal that asked this process to stop ('SIGTERM', ...), or None."""
+  return _requested
+
+
+def check(what: str, collective: bool = False) -> None:
+  """Raises `Stopped` when a stop was requested; `what` names the work being abandoned ('evaluating').
+  `collective`: the work runs in step with the other processes of a multi-process run, which a lone process
+  must not leave; there the request waits for the training loop."""
+  if _requested is None:
+    return
+  if collective:
+    import jax
+    if jax.process_count() > 1:
+      return
+  raise Stopped(_requested, what)
+
+
+def _handle(signum, frame) -> None:
+  global _requested
+  name = signal.Signals(signum).name
+  try:
+    sys.stderr.flush()  # what the run printed before comes first
+  except Exception:  # a signal that lands inside a write to stderr: the order is all that is lost
+    pass
+  if _requested is not None:  # the second signal: at once, no traceback, nothing more written
+    os.write(sys.stderr.fileno(), (f"\nerror: second stop signal ({name} after {_requested}): exiting at once "
+                                   "without saving; checkpoints already written are kept\n").encode())
+    os._exit(128 + signum)
+  _requested = name
+  os.write(sys.stderr.fileno(), (f"\n{name} received: stopping at the next safe point (a checkpoint is saved "
+                                 "when training); send it again to exit at once\n").encode())
+
+
+def _install() -> dict:
+  """Installs `_handle` for every stop signal (not SIGHUP when it is ignored: `nohup` asked the run to outlive
+  its terminal); returns the handlers it replaced."""
+  global _requested
+  _requested = None
+  previous = {}
+  for sig in SIGNALS:
+    current = signal.getsignal(sig)
+    if sig == signal.SIGHUP and current == signal.SIG_IGN:
+      continue
+    previous[sig] = signal.signal(sig, _handle)
+  return previous
+
+
+def install() -> None:
+  """Installs the stop handlers for the rest of the process: the command-line tools, so that a signal while
+  flags are parsed or the interpreter shuts down is handled too. Does nothing outside the main thread."""
+  global _depth
+  if threading.current_thread() is threading.main_thread() and _depth == 0:
+    _install()
+    _depth = 1  # for good: no block below installs or restores again
+
+
+@contextlib.contextmanager
+def handlers():
+  """Installs the stop handlers for the duration of the block when nothing did before (code that calls a
+  trainer itself); the previous handlers come back after it."""
+  global _depth, _requested
+  if threading.current_thread() is not threading.main_thread():  # e.g. a notebook worker: no handlers
+    yield
+    return
+  previous = _install() if _depth == 0 else {}
+  _depth += 1
+  try:
+    yield
+  finally:
+    _depth -= 1
+    if _depth == 0:  # outside every block a request means nothing: the next block starts without it
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+      _requested = None
