@@ -29,6 +29,9 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file, e.g. con
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs, PNGs and summary.json go.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks of input errors.")
+flags.DEFINE_bool("allow_config_change", False, "Resume a workdir even though fields that shape the training "
+                  "trajectory (seed, batch size, loss, model, ...) differ from its checkpoint's config; each "
+                  "difference is logged. Without it such a resume is refused (see tlgan/run_config.py).")
 flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes in all.")
 flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index, 0 .. num_processes - 1.")
@@ -102,7 +105,7 @@ def main(argv):
   def work() -> int:
     if config.experiment not in table:
       raise UserError(f"unknown experiment {config.experiment!r} in the config: use one of {sorted(table)}")
-    summary = table[config.experiment](config, FLAGS.workdir)
+    summary = table[config.experiment](config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     return stopping.EXIT_STOPPED if summary.get("status") == "preempted" else 0
 
   return cli.guarded(work, verbose=FLAGS.verbose)

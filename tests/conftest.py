@@ -16,6 +16,15 @@ import pytest
 
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+  """A test that fails while a training process it started still runs must not leave it running (it would
+  hold a core, or a workdir, for the rest of the suite)."""
+  yield
+  from tests.helpers import kill_leftovers
+  kill_leftovers()
+
+
 @pytest.fixture
 def smoke_config():
   from configs import gan

@@ -6,6 +6,7 @@ killing and watching training processes."""
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,11 +69,27 @@ def train_gan(config, workdir):
 # ------------------------------------------------------------------------------- training processes
 
 
-def start(workdir, args, env=None):
-  """Starts `python -m experiments.main --workdir=WORKDIR ARGS`, its stderr appended to WORKDIR.log."""
-  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "a")
-  return subprocess.Popen([sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *args], cwd=REPO,
-                          env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log)
+def start(workdir, args, env=None, log=None, terminal=False):
+  """Starts `python -m experiments.main --workdir=WORKDIR ARGS`, its stderr appended to `log` (WORKDIR.log).
+  `terminal`: SIGHUP as a shell's child has it, even when these tests run under nohup."""
+  log = open(log or os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "a")
+  preexec = (lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)) if terminal else None
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *args], cwd=REPO,
+                          env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log,
+                          preexec_fn=preexec)
+  STARTED.append(proc)
+  return proc
+
+
+STARTED = []  # every process `start` made: conftest kills those still running when their test ends
+
+
+def kill_leftovers():
+  while STARTED:
+    proc = STARTED.pop()
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
 
 
 def checkpoint_steps(workdir):

@@ -105,6 +105,90 @@ def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(reference, 
   assert_same_state(workdir, reference)
 
 
+def _root_can(*command) -> bool:
+  import subprocess
+  return subprocess.run(list(command), capture_output=True).returncode == 0
+
+
+def _fault_mid_run_then_resume(reference, workdir, inject, undo, log):
+  """Starts the reference run in `workdir`, injects a filesystem fault once a checkpoint exists, and checks: one
+  error line naming the failed checkpoint and the last complete one, exit 2 within seconds, no traceback, no
+  partial write left, and the last complete checkpoint restores (resuming from one is tested above). stderr goes
+  to `log`."""
+  proc = start(workdir, GAN, log=log)
+  wait_for(lambda: checkpoint_steps(workdir), proc)
+  inject()
+  try:
+    t = time.time()
+    status = proc.wait(timeout=120)
+    seconds = time.time() - t
+    kept = checkpoint_steps(workdir)
+  finally:
+    undo()
+  with open(log) as f:
+    text = f.read()
+  last = text.strip().splitlines()[-1]
+  assert status == 2 and seconds < 60, (status, seconds, last)
+  assert "Traceback" not in text
+  assert last.startswith("error: could not write checkpoint ") and (
+      f"the last complete checkpoint is step {kept[-1]}, kept: free space or make the folder writable" in last), last
+  assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d]  # partial write removed
+  _, step = final_state(workdir)
+  assert step == kept[-1]
+
+
+def test_a_checkpoint_folder_that_turns_read_only_ends_the_run_with_one_line(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  folder = os.path.join(workdir, "checkpoints")
+  os.makedirs(folder)
+  if not _root_can("chattr", "+i", folder) or not _root_can("chattr", "-i", folder):
+    pytest.skip("needs chattr +i (root on a filesystem with attributes)")
+  # (it used to hang until killed: Orbax's writer threads wait minutes for a folder that never appears)
+  _fault_mid_run_then_resume(reference, workdir, lambda: _root_can("chattr", "+i", folder),
+                             lambda: _root_can("chattr", "-i", folder), log=str(tmp_path / "run.log"))
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_ends_the_run_with_one_line(reference, tmp_path):
+  disk = str(tmp_path / "disk")
+  os.makedirs(disk)
+  if not _root_can("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", disk):
+    pytest.skip("needs to mount a tmpfs (root)")
+  filler = os.path.join(disk, "filler")
+
+  def fill():
+    with open(filler, "wb") as f:
+      try:
+        while True:
+          f.write(b"\0" * 65536)
+          f.flush()
+      except OSError:  # ENOSPC: the disk is full
+        pass
+
+  try:
+    _fault_mid_run_then_resume(reference, os.path.join(disk, "run"), fill, lambda: os.remove(filler),
+                               log=str(tmp_path / "run.log"))  # (not on the full disk)
+  finally:
+    _root_can("umount", "-l", disk)
+
+
+def test_resuming_with_free_changes_runs_and_a_trajectory_change_needs_the_flag(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  longer = [a for a in GAN if not a.startswith("--config.num_steps=")]
+  free = run_cli(f"--workdir={workdir}", *longer, f"--config.num_steps={STEPS + 20}", "--config.log_every=10")
+  assert free.returncode == 0, free.stderr[-2000:]
+  assert "config change on resume: num_steps = 3020 (was 3000)" in free.stderr
+  assert "changes the trajectory" not in free.stderr and "alter the trajectory" not in free.stderr
+  bound = run_cli(f"--workdir={workdir}", *longer, f"--config.num_steps={STEPS + 40}", "--config.batch_size=16",
+                  "--allow_config_change")
+  assert bound.returncode == 0, bound.stderr[-2000:]
+  assert "config change on resume: batch_size = 16 (was 8) [changes the trajectory]" in bound.stderr
+  assert "with 1 changed field(s) that alter the trajectory (--allow_config_change): batch_size" in bound.stderr
+  # The new values are the checkpoint's config from now on: the same command resumes without the flag.
+  again = run_cli(f"--workdir={workdir}", *longer, f"--config.num_steps={STEPS + 60}", "--config.batch_size=16")
+  assert again.returncode == 0, again.stderr[-2000:]
+
+
 def damage(workdir, step, how):
   files = sorted(glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "*"), recursive=True))
   files = [f for f in files if os.path.isfile(f)]
@@ -212,6 +296,13 @@ BAD_INPUT = [
     ("unwritable workdir", "main", GAN + ["--workdir=/proc/tlgan-run"], "error: workdir /proc/tlgan-run is not writable"),
     ("checkpoint of another experiment", "main", CLF + ["--workdir={d}/gan_run"],
      "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints has experiment='gan', this run has 'classifier'"),
+    ("resume with another batch size", "main", GAN + ["--workdir={d}/gan_run", "--config.batch_size=16"],
+     "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints was trained with batch_size=8 (now 16): resuming "
+     "with other values changes the run's trajectory"),
+    ("resume with another seed and loss", "main", GAN + ["--workdir={d}/gan_run", "--config.seed=1",
+                                                          "--config.loss=hinge"],
+     "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints was trained with loss='nonsaturating' (now "
+     "'hinge'), seed=0 (now 1)"),
     ("checkpoint with other shapes", "main", GAN + ["--workdir={d}/gan_run", "--config.model.g_features=16"],
      "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints does not fit this config"),
     ("corrupt checkpoints, no good one", "main", GAN + ["--workdir={d}/all_damaged"],

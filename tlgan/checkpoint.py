@@ -15,11 +15,14 @@ last `max_to_keep`, the best one is kept (Orbax's preservation policies: LatestN
 keeps comparing against the best of the runs before it.
 """
 
+import contextlib
 import gc
+import glob
 import logging
 import os
+import shutil
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -27,7 +30,8 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from flax import serialization
 
-from tlgan.errors import CheckpointMismatchError, UserError
+from tlgan import run_config
+from tlgan.errors import CheckpointMismatchError, CheckpointWriteError, UserError
 
 
 def _shapes(tree) -> Dict[str, tuple]:
@@ -69,7 +73,8 @@ def _from_orbax(error: Optional[BaseException]) -> bool:
 class _OrbaxTaskNoise(logging.Filter):
   """A restore of a damaged checkpoint fails on its first unreadable array; Orbax leaves the reads of the other
   arrays running, and when they fail too asyncio logs each ('Task/_GatheringFuture exception was never
-  retrieved') whenever it collects them, possibly after the run's closing error line. We have already reported that checkpoint."""
+  retrieved') whenever it collects them, possibly after the run's closing error line. We have already reported
+  that checkpoint."""
 
   def filter(self, record):
     if "exception was never retrieved" not in record.getMessage().split("\n", 1)[0]:  # a Task or a gather
@@ -78,6 +83,37 @@ class _OrbaxTaskNoise(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_OrbaxTaskNoise())
+
+
+class _OrbaxTracebacks(logging.Filter):
+  """A failed background write (a full disk, a read-only folder) makes Orbax log the same traceback from each
+  of its threads; `Checkpointer` reports the failure as one error naming the step. Orbax's records keep their
+  first line."""
+
+  def filter(self, record):
+    if record.exc_info and "/orbax/" in record.pathname.replace(os.sep, "/"):
+      record.msg, record.args = _first_line(Exception(record.getMessage())), None
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+logging.getLogger("absl").addFilter(_OrbaxTracebacks())
+
+
+def _os_reason(error: BaseException) -> str:
+  """The operating system's words for a failed write ('No space left on device'), else the error's first line."""
+  seen, e = set(), error
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.strerror:
+      return e.strerror
+    e = e.__cause__ or e.__context__
+  text = str(error)
+  for words in ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+                "Operation not permitted", "Input/output error"):
+    if words in text:
+      return words
+  return _first_line(error, 200)
 
 
 class _SlowFinalizeJson(ocp.JsonCheckpointHandler):
@@ -93,13 +129,19 @@ class Checkpointer:
   """Saves and restores `state` (any flax struct / pytree) under `directory`."""
 
   def __init__(self, directory: str, meta: Dict[str, Any], *, max_to_keep: int = 3,
-               best_metric: Optional[str] = None):
+               best_metric: Optional[str] = None, config: Optional[Dict[str, Any]] = None,
+               free_fields: Tuple[str, ...] = (), allow_config_change: bool = False):
     self.directory = os.path.abspath(directory)
     self.meta = meta
+    # The run's config (flattened), saved with every checkpoint and compared on resume (`tlgan.run_config`).
+    self.config = run_config.flatten(config) if config is not None else None
+    self._free_fields, self._allow_config_change = free_fields, allow_config_change
     self._max_to_keep = max_to_keep
     self.best_metric = best_metric
     self._manager: Optional[ocp.CheckpointManager] = None
     self._damaged = set()  # steps skipped by restore_latest; moved aside before that step is saved again
+    self._writing: Optional[int] = None  # the step whose background write may still be running
+    self._failed: Optional[CheckpointWriteError] = None  # a write failed: nothing more is written
 
   @property
   def manager(self) -> ocp.CheckpointManager:
@@ -144,6 +186,9 @@ class Checkpointer:
         raise CheckpointMismatchError(
             f"workdir checkpoint {step} in {self.directory} does not fit this config: {key} is "
             f"{saved.get(key, 'absent')} there and {wanted.get(key, 'absent')} here; use another --workdir")
+    if self.config is not None and isinstance(meta.get("config"), dict):  # (checkpoints of older tlgan: none)
+      run_config.check_resume(meta["config"], self.config, self._free_fields, allow=self._allow_config_change,
+                              where=f"workdir checkpoint {step} in {self.directory}")
 
   def best_step(self) -> Optional[int]:
     """The step of the kept checkpoint with the lowest `best_metric` (None: none was saved with it)."""
@@ -206,18 +251,57 @@ class Checkpointer:
     self.manager.reload()
 
   def save(self, step: int, state, metrics: Optional[Dict[str, float]] = None) -> None:
-    """Saves `state` at `step`; `metrics` (with `best_metric`) make it a candidate for the best checkpoint."""
+    """Starts saving `state` at `step` in the background; `metrics` (with `best_metric`) make it a candidate
+    for the best checkpoint. A failed write (this one's start, or the previous one's background part) raises
+    `CheckpointWriteError`, and no later save is started: the checkpoints already complete stay as they are."""
+    self.wait()  # the previous write must have succeeded before another starts
     if step in self._damaged:
       self._move_aside(step)
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-        meta=ocp.args.JsonSave(self.meta)), metrics=metrics, force=True)
+    self._writing = step
+    with self._reporting_failures():
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+          meta=ocp.args.JsonSave({**self.meta, **({"config": self.config} if self.config is not None else {})})),
+          metrics=metrics, force=True)
+
+  def poll(self) -> None:
+    """Raises `CheckpointWriteError` when a background write has failed (cheap: it does not wait)."""
+    if self._failed is not None:
+      raise self._failed
+    if self._manager is not None and self._writing is not None:
+      with self._reporting_failures():
+        self._manager.check_for_errors()
 
   def wait(self) -> None:
-    if self._manager is not None:
-      self._manager.wait_until_finished()
+    """Waits for the background write; raises `CheckpointWriteError` when it failed."""
+    if self._failed is not None:
+      raise self._failed
+    if self._manager is not None and self._writing is not None:
+      with self._reporting_failures():
+        self._manager.wait_until_finished()
+      self._writing = None
 
   def close(self) -> None:
-    if self._manager is not None:
-      self._manager.wait_until_finished()
-      self._manager.close()
+    """Waits for the last write (raising `CheckpointWriteError` when it failed) and releases Orbax's threads."""
+    if self._manager is None:
+      return
+    try:
+      self.wait()
+    finally:
+      if self._failed is None:
+        self._manager.close()
+
+  @contextlib.contextmanager
+  def _reporting_failures(self):
+    try:
+      yield
+    except Exception as e:
+      step, self._writing = self._writing, None
+      good = [s for s in self.steps() if s != step]
+      for leftover in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+        shutil.rmtree(leftover, ignore_errors=True)  # a partial write: give its space back
+      self._failed = CheckpointWriteError(
+          f"could not write checkpoint {step} to {self.directory} ({_os_reason(e)}); "
+          + (f"the last complete checkpoint is step {good[-1]}, kept" if good else "no checkpoint is complete yet")
+          + ": free space or make the folder writable, then run the same command to resume")
+      raise self._failed from e

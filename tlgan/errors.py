@@ -15,3 +15,7 @@ class CheckpointMismatchError(UserError):
 
 class NonFiniteError(UserError):
   """Training diverged: a loss or gradient norm became NaN or Inf."""
+
+
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (a full disk, a read-only folder); the complete ones are kept."""

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import serialization, traverse_util
 
+from tlgan import reporting
 from tlgan.errors import UserError
 
 ARCHS = {
@@ -219,6 +220,7 @@ def download(arch: str, cache_dir: Optional[str] = None) -> str:
     import urllib.request
     os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+    os.fchmod(fd, reporting.new_file_mode())
     os.close(fd)
     try:
       urllib.request.urlretrieve(info["url"], tmp)
@@ -283,17 +285,9 @@ def save(path: str, variables: Mapping[str, Any], meta: WeightsMeta) -> None:
     fields.pop(derived)
   payload = {"format": FORMAT, **fields, "variables": jax.tree.map(np.asarray, dict(variables))}
   data = serialization.msgpack_serialize(payload)
-  folder = os.path.dirname(os.path.abspath(path))
-  tmp = None
   try:
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
+    reporting.atomic_write(path, lambda f: f.write(data))
   except OSError as e:
-    if tmp and os.path.exists(tmp):
-      os.unlink(tmp)
     raise UserError(f"could not write {path} ({type(e).__name__}: {e.strerror or e}): check the folder, its "
                     "permissions and free space") from None
 

@@ -38,11 +38,22 @@ def machine() -> Dict[str, object]:
           "device_kind": devices[0].device_kind, "devices": len(devices)}
 
 
+def new_file_mode() -> int:
+  """The mode `open()` gives a new file (0o666 less the umask, 0o644 typically): what a team sharing a cache
+  or a workdir expects. (`mkstemp` makes its files private to their owner, 0o600.)"""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
 def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
+  """Writes `path` through `write_fn(f)` into a temporary file renamed over it when complete: the file is
+  whole or not there (a failure removes the temporary file). It gets `new_file_mode()`."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
   try:
+    os.fchmod(fd, new_file_mode())
     with os.fdopen(fd, mode) as f:
       write_fn(f)
     os.replace(tmp, path)

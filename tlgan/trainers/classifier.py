@@ -162,8 +162,16 @@ def class_names(name: str, num_classes: int):
   return [str(i) for i in range(num_classes)]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains (or resumes) the classifier of `config` in `workdir`; returns the summary (also summary.json)."""
+# Fields a resumed run may change (`tlgan.run_config`). Not the number of steps or epochs: the learning-rate
+# schedule spans them. A resumed run never initialises again (init.*); jit and pmap follow one trajectory.
+FREE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every_epochs", "eval_batch_size",
+               "data.data_dir", "data.manual_dir", "data.download", "parallel", "init", "inject_nan_at_step")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
+  """Trains (or resumes) the classifier of `config` in `workdir`; returns the summary (also summary.json).
+  `allow_config_change`: resume even when fields outside FREE_FIELDS differ from the checkpoint's config."""
   wall_start = time.time()
   check_config(config)
   num_classes = data.spec(config.data.name).num_classes
@@ -207,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   checkpointer = Checkpointer(
       os.path.join(workdir, "checkpoints"),
       meta={"experiment": "classifier", "dataset": config.data.name, "arch": config.model.arch},
-      max_to_keep=config.keep_checkpoints)
+      max_to_keep=config.keep_checkpoints, config=config.to_dict(), free_fields=FREE_FIELDS,
+      allow_config_change=allow_config_change)
   state, restored = checkpointer.restore_latest(state)
   start = int(state.step)
   done = loop.completed_summary(workdir, start) if start >= total_steps else None

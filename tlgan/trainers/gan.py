@@ -159,8 +159,18 @@ def fixed_noise(config, n: int) -> jax.Array:
   return jax.random.normal(jax.random.fold_in(jax.random.key(config.seed), 0x5A3), (n, config.model.latent_dim))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains (or resumes) the GAN of `config` in `workdir`; returns the summary also written to summary.json."""
+# Fields a resumed run may change (`tlgan.run_config`): they decide what is logged, evaluated and kept, and how
+# long to train (the learning rates are constant), not the parameters' trajectory. jit and pmap follow one
+# trajectory; a resumed run never initialises again (transfer.init_workdir).
+FREE_FIELDS = ("num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_sample_images",
+               "eval", "data.data_dir", "data.manual_dir", "data.download", "parallel", "transfer.init_workdir",
+               "inject_nan_at_step")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
+  """Trains (or resumes) the GAN of `config` in `workdir`; returns the summary also written to summary.json.
+  `allow_config_change`: resume even when fields outside FREE_FIELDS differ from the checkpoint's config."""
   wall_start = time.time()
   check_config(config)
   ds_spec = data.spec(config.data.name)
@@ -172,7 +182,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                               meta={"experiment": "gan", "dataset": config.data.name,
                                     "image_shape": list(ds_spec.image_shape)},
-                              max_to_keep=config.keep_checkpoints, best_metric=BEST_METRIC)
+                              max_to_keep=config.keep_checkpoints, best_metric=BEST_METRIC,
+                              config=config.to_dict(), free_fields=FREE_FIELDS,
+                              allow_config_change=allow_config_change)
   state, restored = checkpointer.restore_latest(state)
   if restored is None and config.transfer.init_workdir:  # resume order: this workdir > the source run > scratch
     state = init_from_source(config, state, ds_spec.image_shape)

@@ -234,6 +234,7 @@ def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, c
       scored = best_metric is not None and np.isfinite(step_scalars.get(best_metric[0], np.nan))
       save = stop or scored or step == num_steps or step % config.checkpoint_every == 0
       if save or step % config.log_every == 0:
+        checkpointer.poll()  # a background write that failed (full disk, read-only folder) stops the run now
         _check_finite(pending)  # blocks on the device: the window's time is real
         last_metrics = _average(pending)
         pending.clear()
@@ -254,10 +255,10 @@ def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, c
         break
       if step < num_steps:
         batch = next(batches)
-  finally:
-    progress.close()
-    writer.close()
-    checkpointer.close()
+  except BaseException as e:  # the first error is the one to report: a failing close must not replace it
+    _close_all(progress.close, writer.close, checkpointer.close, during=e)
+    raise
+  _close_all(progress.close, writer.close, checkpointer.close)
   if status == "preempted":  # after the progress bar's last line, so that it is the run's last line
     logging.warning("%s: checkpoint saved at step %d; run the same command to resume", reason, step)
   timed = windows[1:] or windows  # the first window includes warm-up: keep it out when there are others
@@ -266,6 +267,22 @@ def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, c
                     last_metrics={**last_metrics, **hook_scalars},
                     train_seconds=timed_seconds, compile_seconds=compile_seconds,
                     images_per_second=timed_steps * global_batch / timed_seconds)
+
+
+def _close_all(*closers, during: Optional[BaseException] = None) -> None:
+  """Calls every closer; the first failure is raised after all ran, or, `during` another error that ends the
+  run (a full disk that also fails the metrics file's last flush), logged in one line."""
+  first = None
+  for close in closers:
+    try:
+      close()
+    except Exception as e:
+      if during is not None and e is not during:
+        logging.warning("while closing after an error: %s: %s", type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "")
+      first = first or e
+  if first is not None and during is None:
+    raise first
 
 
 def completed_summary(workdir: str, step: int) -> Optional[Dict[str, Any]]:

@@ -154,7 +154,9 @@ def save_png(path: str, image_uint8: np.ndarray) -> None:
     reporting.atomic_write(path, lambda f: Image.fromarray(image_uint8).save(f, format="PNG"))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> Dict[str, Any]:
+  """Stylises config.content (no checkpoints: a rerun starts over, so `allow_config_change` has no use)."""
   wall = time.time()
   check_config(config)
   loop.check_workdir(workdir)

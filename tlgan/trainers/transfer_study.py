@@ -84,9 +84,9 @@ def check_config(config) -> None:
     classifier.check_config(config[name], prefix=f"{name}.")
 
 
-def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> Dict[str, Any]:
   check_config(config)
-  pre = classifier.train_and_evaluate(config.pretrain, os.path.join(workdir, "pretrain"))
+  pre = classifier.train_and_evaluate(config.pretrain, os.path.join(workdir, "pretrain"), allow_config_change)
   weights = os.path.join(workdir, "pretrain", "model.msgpack")
   if pre.get("status") != "completed" or not os.path.exists(weights):
     return {"experiment": "transfer_study", "status": pre.get("status", "incomplete")}
@@ -99,7 +99,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                           mode=mode, learning_rate=(config.probe_learning_rate if mode == "linear_probe"
                                                     else config.finetune.optim.learning_rate))
         logging.info("=== %s", name)
-        summary = classifier.train_and_evaluate(run, os.path.join(workdir, name))
+        summary = classifier.train_and_evaluate(run, os.path.join(workdir, name), allow_config_change)
         if summary.get("status") != "completed":
           return {"experiment": "transfer_study", "status": summary.get("status", "incomplete")}
         rows.append({"arm": arm, "per_class": per_class, "seed": seed, "run": name,
