@@ -227,6 +227,17 @@ def test_nan_injection_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 # ------------------------------------------------------------------------------------------ bad input table
 
 
+def _png_header(width, height):
+  """The first chunks of a PNG that claims width x height pixels (its data is left out)."""
+  import struct
+  import zlib
+
+  def chunk(kind, payload):
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+      chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, reference):
   """Inputs for the table: workdirs, weights files and images, good and bad."""
@@ -257,6 +268,12 @@ def files(tmp_path_factory, reference):
   pretrained.save(str(d / "inf.msgpack"), variables18, pretrained.WeightsMeta("resnet18", source="test"))
   variables = pretrained.from_torchvision(torchvision.models.resnet34().state_dict(), "resnet34")
   pretrained.save(str(d / "resnet34.msgpack"), variables, pretrained.WeightsMeta("resnet34", source="test"))
+  from PIL import Image
+  Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(d / "blank.png")
+  (d / "bomb.png").write_bytes(_png_header(30000, 30000))  # 900 megapixels claimed by a 60-byte file
+  shutil.copytree(reference, d / "cut_config")
+  with open(d / "cut_config" / "config.json", "r+") as f:
+    f.truncate(40)
   np.savez(d / "digits_samples.npz", images=np.zeros((64, 28, 28, 1), np.uint8))
   shutil.copytree(reference, d / "gan_run")
   shutil.copytree(reference, d / "all_damaged")
@@ -341,6 +358,19 @@ BAD_INPUT = [
      "error: image {d}/none.jpg does not exist"),
     ("style image not an image", "main", ["--config=configs/style.py:smoke", "--config.content={d}/text.pth"],
      "error: {d}/text.pth is not an image that Pillow can read"),
+    ("style image blank", "main", ["--config=configs/style.py:smoke", "--config.content={d}/blank.png"],
+     "error: {d}/blank.png is blank (every pixel is RGB [200, 200, 200])"),
+    ("style image a decompression bomb", "main", ["--config=configs/style.py:smoke", "--config.style={d}/bomb.png"],
+     "error: {d}/bomb.png has more pixels than Pillow will open safely"),
+    ("style image a scikit-image helper", "main",
+     ["--config=configs/style.py:smoke", "--config.style=skimage:download_all"],
+     "error: scikit-image has no image 'download_all'"),
+    ("sample export of a run with a cut config.json", "sample",
+     ["--workdir={d}/cut_config", "--output={d}/out.npz"], "error: {d}/cut_config/config.json cannot be read"),
+    ("sample export larger than memory", "sample", ["--workdir={d}/gan_run", "--num=100000000000",
+                                                    "--output={d}/out.npz"], "error: --num=100000000000 needs about"),
+    ("evaluation larger than memory", "evaluate", ["--workdir={d}/gan_run", "--num=100000000000"],
+     "error: --num=100000000000 needs about"),
     ("sample export to a folder", "sample", ["--workdir={d}/gan_run", "--output={d}/outdir"],
      "error: --output={d}/outdir is a folder"),
     ("sample export --batch_size 0", "sample", ["--workdir={d}/gan_run", "--batch_size=0", "--output={d}/out.npz"],

@@ -142,3 +142,18 @@ def test_image_paths_are_checked(tmp_path):
     style.load_image(str(tmp_path / "text.png"), 64)
   with pytest.raises(UserError, match="has no image 'nope'"):
     style.load_image("skimage:nope", 64)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_images_read_at_their_depth_not_clipped_to_white(tmp_path, mode):
+  """A 16-bit PNG (Pillow mode I;16 or I) reads as the same picture as its 8-bit version (convert('RGB') clips
+  every value above 255: an almost white image)."""
+  ramp8 = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))  # 48 x 64
+  Image.fromarray(ramp8).save(tmp_path / "ramp8.png")
+  ramp16 = ramp8.astype(np.uint16) * 257  # the same levels on 0..65535
+  name = "ramp16.png" if mode == "I;16" else "ramp32.tif"  # (Pillow writes 32-bit integer images as TIFF only)
+  Image.fromarray(ramp16 if mode == "I;16" else ramp16.astype(np.int32)).save(tmp_path / name)
+  assert Image.open(tmp_path / name).mode == mode
+  eight, sixteen = style.load_image(str(tmp_path / "ramp8.png"), 64), style.load_image(str(tmp_path / name), 64)
+  np.testing.assert_allclose(sixteen, eight, atol=1.0 / 255)
+  assert sixteen.mean() < 0.6

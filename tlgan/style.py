@@ -48,26 +48,74 @@ INITS = ("content", "noise")
 def load_image(spec: str, max_size: int) -> np.ndarray:
   """'skimage:NAME' (a photograph shipped with scikit-image) or a file path -> float32 RGB in [0, 1], (H, W, 3),
   resized (area) so that its longer side is `max_size`."""
-  from PIL import Image, UnidentifiedImageError
+  from PIL import Image
   if spec.startswith("skimage:"):
-    from skimage import data as skdata
-    name = spec.split(":", 1)[1]
-    if not hasattr(skdata, name):
-      raise UserError(f"scikit-image has no image {name!r}: use e.g. skimage:chelsea, skimage:astronaut or a path")
-    pil = Image.fromarray(np.asarray(getattr(skdata, name)()))
+    pixels = _skimage_photo(spec.split(":", 1)[1])
   else:
     if not os.path.isfile(spec):
       raise UserError(f"image {spec} does not exist: pass an image file (PNG, JPEG, ...) or skimage:NAME")
     try:
       pil = Image.open(spec)
       pil.load()
-    except (UnidentifiedImageError, OSError) as e:
-      raise UserError(f"{spec} is not an image that Pillow can read ({type(e).__name__}): pass a PNG or JPEG") from None
-  pil = pil.convert("RGB")
+    except Image.DecompressionBombError as e:
+      raise UserError(f"{spec} has more pixels than Pillow will open safely ({str(e).split(',')[0].strip()}): "
+                      "scale it down first") from None
+    except Exception as e:  # not an image, truncated, an unsupported variant
+      raise UserError(f"{spec} is not an image that Pillow can read ({type(e).__name__}): pass a PNG or "
+                      "JPEG") from None
+    pixels = _pixels(pil, spec)
+  if float(np.ptp(pixels)) == 0.0:
+    colour = np.rint(pixels.reshape(-1, pixels.shape[-1])[0] * 255).astype(int).tolist()
+    raise UserError(f"{spec} is blank (every pixel is RGB {colour}): "
+                    "there is nothing to transfer; pass another image")
+  pil = Image.fromarray(np.rint(pixels * 255.0).astype(np.uint8))
   scale = max_size / max(pil.size)
   size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
   pil = pil.resize(size, Image.BOX if scale < 1 else Image.BICUBIC)
   return np.asarray(pil, np.float32) / 255.0
+
+
+def _pixels(pil, spec: str) -> np.ndarray:
+  """A Pillow image -> float32 RGB in [0, 1], (H, W, 3), at its full depth: 16-bit and 32-bit integer and float
+  images are scaled by their own range (`convert('RGB')` would clip them to 255: almost white)."""
+  if pil.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    values = np.asarray(pil).astype(np.float64)
+    if pil.mode == "F":
+      top = 1.0 if values.max() <= 1.0 else values.max()
+    else:
+      top = 65535.0 if values.max() <= 65535 else float(2 ** 31 - 1)
+    gray = np.clip(values / top, 0.0, 1.0).astype(np.float32)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if pil.mode not in ("RGB", "L", "RGBA", "LA", "P", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+    raise UserError(f"{spec} has pixel mode {pil.mode!r}, which tlgan cannot read as colours: save it as an 8- or "
+                    "16-bit PNG or a JPEG")
+  return np.asarray(pil.convert("RGB"), np.float32) / 255.0
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+  """scikit-image's image `name` (skimage.data.NAME()) as float32 RGB in [0, 1]; anything else is refused."""
+  from skimage import data as skdata
+  helpers = {"download_all", "file_hash", "lbp_frontal_face", "data_dir", "load"}  # not photographs
+  if (name.startswith("_") or name in helpers or name not in getattr(skdata, "__all__", dir(skdata))
+      or not callable(getattr(skdata, name, None))):
+    raise UserError(f"scikit-image has no image {name!r}: use e.g. skimage:chelsea, skimage:astronaut or a path")
+  try:
+    image = np.asarray(getattr(skdata, name)())
+  except Exception as e:  # needs arguments, or a download (offline), or is no image at all
+    raise UserError(f"skimage:{name} could not be loaded ({type(e).__name__}): use e.g. skimage:chelsea, "
+                    "skimage:astronaut or a path") from None
+  if image.dtype == bool:
+    image = image.astype(np.uint8) * 255
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.ndim != 3 or image.shape[-1] not in (3, 4) or not np.issubdtype(image.dtype, np.number):
+    raise UserError(f"skimage:{name} is not a 2-D photograph (its array is {image.dtype} {image.shape}): use e.g. "
+                    "skimage:chelsea, skimage:astronaut or a path")
+  image = image[..., :3].astype(np.float64)
+  top = 255.0 if image.max() > 1.0 else 1.0
+  if image.max() > 255:
+    top = float(image.max())
+  return np.clip(image / top, 0.0, 1.0).astype(np.float32)
 
 
 def normalize(x: jax.Array) -> jax.Array:

@@ -22,8 +22,14 @@ def load_run_config(workdir: str, defaults: Optional[ml_collections.ConfigDict] 
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise UserError(f"{workdir} has no config.json: is it the workdir of a tlgan run?")
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:  # truncated, not JSON, unreadable
+    raise UserError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): rerun the "
+                    "training command in that workdir (it rewrites config.json) or restore the file") from None
+  if not isinstance(saved, dict) or not isinstance(saved.get("experiment"), str):
+    raise UserError(f"{path} is not a tlgan run config (no 'experiment' field): restore the file")
   if defaults is None or saved.get("experiment") != defaults.get("experiment"):
     return ml_collections.ConfigDict(saved)
   config = ml_collections.ConfigDict(defaults.to_dict())
@@ -61,6 +67,19 @@ def _load_split(config, split: str) -> np.ndarray:
   return images
 
 
+def check_fits_in_memory(num: int, image_shape, what: str, fraction: float = 0.5) -> None:
+  """Refuses `num` uint8 images of `image_shape` (plus their features) when they would take more than `fraction`
+  of the memory this machine has available, before anything is generated."""
+  need = num * int(np.prod(image_shape)) * 2  # the images, and as much again in features and float batches
+  try:
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError):  # not Linux: no figure to check against
+    return
+  if need > fraction * available:
+    raise UserError(f"{what}={num} needs about {need / 2**30:.1f} GiB of memory and {available / 2**30:.1f} GiB are "
+                    f"available: use at most {int(fraction * available / need * num):,}")
+
+
 def evaluate_run(workdir: str, feature_weights: str, num: int, which: str = "latest", cache_dir: str = "",
                  defaults=None) -> dict:
   """The metrics of a finished GAN run's samples (its evaluation latents) in the space of a metric network (the
@@ -69,6 +88,7 @@ def evaluate_run(workdir: str, feature_weights: str, num: int, which: str = "lat
   if num < 2:
     raise UserError(f"--num must be 2 or more, got {num}")
   config, state, step = restore_run(workdir, which, defaults)
+  check_fits_in_memory(num, data.spec(config.data.name).image_shape, "--num")
   config.eval.feature_weights = feature_weights
   config.eval.domain_network = True
   config.eval.inception_weights = ""
@@ -127,6 +147,7 @@ def export_samples(workdir: str, num: int, output: str, seed=None, batch_size: i
   if os.path.isdir(output):
     raise UserError(f"--output={output} is a folder: give a file path, e.g. {os.path.join(output, 'samples.npz')}")
   config, state, step = restore_run(workdir, which, defaults)
+  check_fits_in_memory(num, data.spec(config.data.name).image_shape, "--num")
   if seed is None:
     z = gan_eval.eval_latents(config.seed, num, config.model.latent_dim)
   else:
