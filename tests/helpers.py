@@ -117,3 +117,33 @@ def kill_twice_then_finish(workdir, args, num_steps, seed=0):
     proc.wait()
   assert checkpoint_steps(workdir)[-1] < num_steps  # the kills did land mid-run
   assert start(workdir, args).wait(timeout=300) == 0
+
+
+# ------------------------------------------------------------------------------- the interrupted GAN run
+
+# The run that the reliability tests interrupt, damage and compare with (real offline Fashion-MNIST, the
+# smoke-sized model): ~400 steps/s, so it lasts long enough to be hit mid-way.
+STEPS, EVERY = 3000, 250
+GAN = ["--config=configs/gan.py:smoke", f"--config.num_steps={STEPS}", f"--config.checkpoint_every={EVERY}",
+       "--config.log_every=250", "--config.sample_every=100000", "--config.eval.enabled=false"]
+
+
+def reference_run(tmp_path_factory) -> str:
+  """The uninterrupted run (a module fixture's body): its workdir."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  result = run_cli(f"--workdir={workdir}", *GAN)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def damage(workdir, step, how):
+  """Truncates ('truncate') or deletes the largest data file of checkpoint `step`."""
+  import glob
+  files = sorted(glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "*"), recursive=True))
+  files = [f for f in files if os.path.isfile(f)]
+  victim = max(files, key=os.path.getsize)  # the array data
+  if how == "truncate":
+    with open(victim, "r+b") as f:
+      f.truncate(os.path.getsize(victim) // 2)
+  else:
+    os.remove(victim)

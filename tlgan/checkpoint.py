@@ -266,20 +266,22 @@ class Checkpointer:
 
   def poll(self) -> None:
     """Raises `CheckpointWriteError` when a background write has failed (cheap: it does not wait)."""
-    if self._failed is not None:
-      raise self._failed
-    if self._manager is not None and self._writing is not None:
-      with self._reporting_failures():
-        self._manager.check_for_errors()
+    self._check(wait=False)
 
   def wait(self) -> None:
     """Waits for the background write; raises `CheckpointWriteError` when it failed."""
+    self._check(wait=True)
+
+  def _check(self, wait: bool) -> None:
     if self._failed is not None:
       raise self._failed
     if self._manager is not None and self._writing is not None:
       with self._reporting_failures():
-        self._manager.wait_until_finished()
-      self._writing = None
+        if wait:
+          self._manager.wait_until_finished()
+          self._writing = None
+        else:
+          self._manager.check_for_errors()
 
   def close(self) -> None:
     """Waits for the last write (raising `CheckpointWriteError` when it failed) and releases Orbax's threads."""
