@@ -14,9 +14,14 @@ SHAPE = (28, 28, 1)
 step_fn = jax.jit(train_step)
 
 
+# One optimiser object for every state: the state carries it as a static field, and a new (unequal) one per state
+# would make step_fn compile again for every state.
+ADAM = optax.adam(2e-4, 0.5)
+
+
 def make_state(loss="nonsaturating", ema_decay=0.9, seed=0):
   g, d = Generator(SHAPE, 8), Discriminator(SHAPE, 8)
-  return gan.init_state(jax.random.key(seed), g, d, optax.adam(2e-4, 0.5), optax.adam(2e-4, 0.5),
+  return gan.init_state(jax.random.key(seed), g, d, ADAM, ADAM,
                         image_shape=SHAPE, latent_dim=16, loss=loss, ema_decay=ema_decay)
 
 
