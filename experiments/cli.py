@@ -46,8 +46,9 @@ def _thread_failed(args) -> None:
   import logging
   if args.exc_type is SystemExit:
     return
+  from tlgan.errors import first_line
   logging.error("background thread %s failed: %s: %s", getattr(args.thread, "name", "?"), args.exc_type.__name__,
-                str(args.exc_value).splitlines()[0][:200] if str(args.exc_value) else "")
+                first_line(args.exc_value, 200))
 
 
 def _exit_now(status: int) -> None:

@@ -31,18 +31,12 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from tlgan import run_config
-from tlgan.errors import CheckpointMismatchError, CheckpointWriteError, UserError
+from tlgan.errors import CheckpointMismatchError, CheckpointWriteError, UserError, first_line
 
 
 def _shapes(tree) -> Dict[str, tuple]:
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
-
-
-def _first_line(e: Exception, limit: int = 300) -> str:
-  """Orbax/TensorStore errors span dozens of lines; the log keeps one."""
-  text = str(e).strip().splitlines()
-  return (text[0] if text else "")[:limit]
 
 
 class _NoMetricsNoise(logging.Filter):
@@ -55,18 +49,24 @@ class _NoMetricsNoise(logging.Filter):
 logging.getLogger("absl").addFilter(_NoMetricsNoise())
 
 
-def _from_orbax(error: Optional[BaseException]) -> bool:
-  """Whether `error` (or an error it was raised from) passed through Orbax or TensorStore code."""
+def _chain(error: Optional[BaseException]):
+  """`error` and the errors it was raised from (its cause, else its context), each once."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
-    tb = error.__traceback__
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def _from_orbax(error: Optional[BaseException]) -> bool:
+  """Whether `error` (or an error it was raised from) passed through Orbax or TensorStore code."""
+  for e in _chain(error):
+    tb = e.__traceback__
     while tb is not None:
       filename = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
       if "/orbax/" in filename or "/tensorstore/" in filename:
         return True
       tb = tb.tb_next
-    error = error.__cause__ or error.__context__
   return False
 
 
@@ -92,7 +92,7 @@ class _OrbaxTracebacks(logging.Filter):
 
   def filter(self, record):
     if record.exc_info and "/orbax/" in record.pathname.replace(os.sep, "/"):
-      record.msg, record.args = _first_line(Exception(record.getMessage())), None
+      record.msg, record.args = first_line(record.getMessage()), None
       record.exc_info, record.exc_text = None, None
     return True
 
@@ -102,18 +102,15 @@ logging.getLogger("absl").addFilter(_OrbaxTracebacks())
 
 def _os_reason(error: BaseException) -> str:
   """The operating system's words for a failed write ('No space left on device'), else the error's first line."""
-  seen, e = set(), error
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
+  for e in _chain(error):
     if isinstance(e, OSError) and e.strerror:
       return e.strerror
-    e = e.__cause__ or e.__context__
   text = str(error)
   for words in ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
                 "Operation not permitted", "Input/output error"):
     if words in text:
       return words
-  return _first_line(error, 200)
+  return first_line(error, 200)
 
 
 class _SlowFinalizeJson(ocp.JsonCheckpointHandler):
@@ -221,14 +218,14 @@ class Checkpointer:
         raise
       except Exception as e:  # unreadable metadata: a damaged checkpoint
         logging.warning("checkpoint %d in %s is damaged (%s: %s); trying the one before it",
-                        step, self.directory, type(e).__name__, _first_line(e))
+                        step, self.directory, type(e).__name__, first_line(e))
         self._damaged.add(step)
         continue
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
       except Exception as e:
         logging.warning("checkpoint %d in %s failed to load (%s: %s); trying the one before it",
-                        step, self.directory, type(e).__name__, _first_line(e))
+                        step, self.directory, type(e).__name__, first_line(e))
         self._damaged.add(step)
         gc.collect()  # the failed restore's abandoned reads: collected (and filtered) now, not at exit
         continue

@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tlgan.errors import ConfigError, UserError
+from tlgan.errors import ConfigError, UserError, first_line
 
 tf.config.set_visible_devices([], "GPU")  # tf.data only: leave the accelerators to JAX.
 
@@ -111,7 +111,7 @@ def _read_bytes(path: str) -> bytes:
     with opener(path, "rb") as f:
       return f.read()
   except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is an EOFError
-    detail = str(e).splitlines()[0][:120] if str(e) else "truncated"
+    detail = first_line(e, 120) or "truncated"
     raise DataUnavailableError(f"{path} is damaged or unreadable ({type(e).__name__}: {detail}): {_REINSTALL}") \
         from None
 

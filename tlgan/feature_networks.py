@@ -153,11 +153,14 @@ def reference_features(net: FeatureNetwork, images_uint8: np.ndarray, *, dataset
   folder = os.path.join(os.path.expanduser(cache_dir), "reference")
   name = f"{dataset}-{split}-{net.name}-{net.weights_sha256[:12]}-v{FEATURES_VERSION}-n{len(images_uint8)}.npz"
   path = os.path.join(folder, name)
+  what = f"the {net.name} features of {dataset}[{split}]"
   if os.path.exists(path):
     with np.load(path) as cached:
-      return cached["features"]
+      feats = cached["features"]
+    evaluation.require_finite(f"{what} cached in {path}", feats)
+    return feats
   feats, _ = net(images_uint8)
-  evaluation.require_finite(f"the {net.name} features of {dataset}[{split}]", feats)  # never cached
+  evaluation.require_finite(what, feats)  # never cached
   if reporting.is_writer():
     reporting.atomic_write(path, lambda f: np.savez(f, features=feats))
   return feats

@@ -41,9 +41,22 @@ def machine() -> Dict[str, object]:
 def new_file_mode() -> int:
   """The mode `open()` gives a new file (0o666 less the umask, 0o644 typically): what a team sharing a cache
   or a workdir expects. (`mkstemp` makes its files private to their owner, 0o600.)"""
-  umask = os.umask(0)
+  return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+  """The process's umask, read without changing it where Linux shows it (setting and restoring it would leave
+  a moment in which a file created by another thread, an Orbax writer say, gets no umask at all)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  umask = os.umask(0o077)  # elsewhere: briefly the strictest, never a looser one
   os.umask(umask)
-  return 0o666 & ~umask
+  return umask
 
 
 def atomic_write(path: str, write_fn, mode: str = "wb") -> None:

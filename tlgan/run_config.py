@@ -48,9 +48,10 @@ def check_resume(saved: Dict[str, Any], current: Dict[str, Any], free: Sequence[
   diffs = differences(saved, current)
   # A field on one side only was added or removed by a tlgan update (its default keeps the old behaviour).
   bound = [d for d in diffs if not is_free(d[0], free) and d[0] in saved and d[0] in current]
+  bound_fields = {d[0] for d in bound}
   for field, old, new in diffs:
     logging.info("config change on resume: %s = %r (was %r)%s", field, new, old,
-                 " [changes the trajectory]" if (field, old, new) in bound else "")
+                 " [changes the trajectory]" if field in bound_fields else "")
   if bound and not allow:
     shown = ", ".join(f"{field}={old!r} (now {new!r})" for field, old, new in bound[:3])
     more = f" and {len(bound) - 3} more" if len(bound) > 3 else ""

@@ -11,7 +11,7 @@ import numpy as np
 
 from tlgan import data, reporting
 from tlgan.checkpoint import Checkpointer
-from tlgan.errors import UserError
+from tlgan.errors import UserError, first_line
 from tlgan.trainers import gan_eval
 
 
@@ -26,7 +26,7 @@ def load_run_config(workdir: str, defaults: Optional[ml_collections.ConfigDict] 
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:  # truncated, not JSON, unreadable
-    raise UserError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): rerun the "
+    raise UserError(f"{path} cannot be read ({type(e).__name__}: {first_line(e, 120)}): rerun the "
                     "training command in that workdir (it rewrites config.json) or restore the file") from None
   if not isinstance(saved, dict) or not isinstance(saved.get("experiment"), str):
     raise UserError(f"{path} is not a tlgan run config (no 'experiment' field): restore the file")

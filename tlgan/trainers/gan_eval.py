@@ -94,9 +94,8 @@ class SampleScorer:
     return result
 
   def compare_features(self, net, features, logits, kid_subsets: int) -> Dict[str, float]:
-    evaluation.require_finite(f"the {net.name} features of the scored images", features)
-    evaluation.require_finite(f"the {net.name} features of the reference {self.reference_name}",
-                              self.real[net.name])
+    evaluation.require_finite(f"the {net.name} features of the scored images", features)  # (the reference's:
+    # checked once, where `reference_features` reads or computes them)
     stats, real = feature_networks.stats_of(features), self.real_stats[net.name]
     result = {f"FD[{net.name}]": evaluation.frechet_distance(stats.mean, stats.cov, real.mean, real.cov)}
     kid, kid_std = evaluation.kernel_distance(features, self.real[net.name], num_subsets=kid_subsets,

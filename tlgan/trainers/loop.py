@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tlgan import data, parallel, reporting, stopping
-from tlgan.errors import NonFiniteError, UserError
+from tlgan.errors import NonFiniteError, UserError, first_line
 
 
 @dataclasses.dataclass
@@ -161,7 +161,8 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Paral
   num_steps = num_steps or config.num_steps
   with stopping.handlers():
     if start_step >= num_steps:
-      return _finish(state=state, par=par, workdir=workdir, step=start_step, hooks=hooks)
+      return _finish(state=state, par=par, workdir=workdir, checkpointer=checkpointer, step=start_step,
+                     hooks=hooks)
     stopping.check("reading the first batch")
     batch = next(batches)
     t0 = time.perf_counter()
@@ -176,7 +177,7 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Paral
                   compile_seconds=compile_seconds)
 
 
-def _finish(*, state, par, workdir: str, step: int, hooks) -> LoopResult:
+def _finish(*, state, par, workdir: str, checkpointer, step: int, hooks) -> LoopResult:
   """The end of a training that reached its last step in an earlier session: that step's hooks once more (a stop
   may have cut them short), their scalars replacing whatever was logged under the same names at that step."""
   claim_workdir(workdir)
@@ -189,8 +190,10 @@ def _finish(*, state, par, workdir: str, step: int, hooks) -> LoopResult:
     for _, hook in hooks:
       scalars.update(hook(step, host) or {})
     writer.replace(step, scalars)
-  finally:
-    writer.close()
+  except BaseException as e:
+    _close_all(writer.close, checkpointer.close, during=e)
+    raise
+  _close_all(writer.close, checkpointer.close)
   last = {k: v for row in writer.history if row["step"] == step for k, v in row.items() if k != "step"}
   return LoopResult(status="completed", step=step, state=host, history=writer.history, last_metrics=last,
                     train_seconds=None, compile_seconds=None, images_per_second=None)
@@ -278,8 +281,7 @@ def _close_all(*closers, during: Optional[BaseException] = None) -> None:
       close()
     except Exception as e:
       if during is not None and e is not during:
-        logging.warning("while closing after an error: %s: %s", type(e).__name__,
-                        str(e).splitlines()[0][:200] if str(e) else "")
+        logging.warning("while closing after an error: %s: %s", type(e).__name__, first_line(e, 200))
       first = first or e
   if first is not None and during is None:
     raise first
