@@ -3,8 +3,12 @@
 * `TorchDCGAN`: pytorch/examples' DCGAN training iteration, adapted to 28x28: G: z=100 -> 256@7x7 ->
   128@14x14 -> 1@28x28, D mirrored, BCE-with-logits, Adam 2e-4 / (0.5, 0.999), N(0, 0.02) init.
 * `TorchResNet18`: torchvision's resnet18 (10 classes), SGD momentum 0.9, weight decay 5e-4, NCHW float32.
+
+Both run on `device` ('cpu', 'cuda'); `dtype=torch.bfloat16` runs the forward and backward passes under
+autocast (parameters and optimiser stay float32, PyTorch's mixed-precision recipe, as tlgan's `model.dtype`).
 """
 
+import contextlib
 import time
 
 import torch
@@ -28,8 +32,9 @@ class TorchDCGAN:
   PyTorch does not compute D's weight gradients there (pytorch/examples does, and discards them).
   """
 
-  def __init__(self, batch_size: int, seed: int = 0):
+  def __init__(self, batch_size: int, seed: int = 0, device: str = "cpu", dtype=None):
     torch.manual_seed(seed)
+    self.device, self.dtype = device, dtype
     self.g = nn.Sequential(
         nn.ConvTranspose2d(100, 256, 7, 1, 0, bias=False), nn.BatchNorm2d(256), nn.ReLU(True),
         nn.ConvTranspose2d(256, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(True),
@@ -40,28 +45,34 @@ class TorchDCGAN:
         nn.Conv2d(256, 1, 7, 1, 0, bias=False))
     self.g.apply(_dcgan_init)
     self.d.apply(_dcgan_init)
+    self.g.to(device)
+    self.d.to(device)
     self.opt_g = torch.optim.Adam(self.g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     self.criterion = nn.BCEWithLogitsLoss()
     self.batch_size = batch_size
-    self.ones, self.zeros = torch.ones(batch_size), torch.zeros(batch_size)
-    self.real = torch.rand(batch_size, 1, 28, 28) * 2 - 1  # the benchmark's fixed batch
+    self.ones = torch.ones(batch_size, device=device)
+    self.zeros = torch.zeros(batch_size, device=device)
+    self.real = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1  # the benchmark's fixed batch
     for _ in range(2):
       self.run()
 
   def train_step(self, real: torch.Tensor):
     """`real`: (N, 1, 28, 28) in [-1, 1]. Returns (D loss, G loss) as floats."""
-    d, g = self.d, self.g
+    d, g, cast = self.d, self.g, lambda: _autocast(self.device, self.dtype)
     d.zero_grad(set_to_none=True)
-    err_real = self.criterion(d(real).view(-1), self.ones)
+    with cast():
+      err_real = self.criterion(d(real).view(-1).float(), self.ones)
     err_real.backward()
-    fake = g(torch.randn(self.batch_size, 100, 1, 1))
-    err_fake = self.criterion(d(fake.detach()).view(-1), self.zeros)
+    with cast():
+      fake = g(torch.randn(self.batch_size, 100, 1, 1, device=self.device))
+      err_fake = self.criterion(d(fake.detach()).view(-1).float(), self.zeros)
     err_fake.backward()
     self.opt_d.step()
     g.zero_grad(set_to_none=True)
     d.requires_grad_(False)
-    err_g = self.criterion(d(fake).view(-1), self.ones)
+    with cast():
+      err_g = self.criterion(d(fake).view(-1).float(), self.ones)
     err_g.backward()
     d.requires_grad_(True)
     self.opt_g.step()
@@ -73,22 +84,31 @@ class TorchDCGAN:
     return time.perf_counter() - t
 
 
+def _autocast(device: str, dtype):
+  if dtype is None or dtype == torch.float32:
+    return contextlib.nullcontext()
+  return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
 class TorchResNet18:
 
-  def __init__(self, batch_size: int, seed: int = 0):
+  def __init__(self, batch_size: int, seed: int = 0, device: str = "cpu", dtype=None):
     torch.manual_seed(seed)
-    self.model = torchvision.models.resnet18(num_classes=10).train()
+    self.device, self.dtype = device, dtype
+    self.model = torchvision.models.resnet18(num_classes=10).train().to(device)
     self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     self.criterion = nn.CrossEntropyLoss()
-    self.x = torch.randn(batch_size, 3, 32, 32)
-    self.y = torch.randint(0, 10, (batch_size,))
+    self.x = torch.randn(batch_size, 3, 32, 32, device=device)
+    self.y = torch.randint(0, 10, (batch_size,), device=device)
     for _ in range(2):
       self.run()
 
   def run(self) -> float:
     t = time.perf_counter()
     self.opt.zero_grad(set_to_none=True)
-    loss = self.criterion(self.model(self.x), self.y)
+    with _autocast(self.device, self.dtype):
+      logits = self.model(self.x)
+    loss = self.criterion(logits.float(), self.y)
     loss.backward()
     self.opt.step()
     float(loss.detach())

@@ -78,6 +78,8 @@ def initialize_distributed() -> None:
                                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
   else:
     jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+  from tlgan import stopping
+  stopping.reclaim()  # initialize put JAX's SIGTERM notifier over ours: the loop's vote needs every signal
 
 
 def _quiet_unraisable(unraisable) -> None:

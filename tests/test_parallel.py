@@ -6,6 +6,7 @@ stand in for GPUs, TPU pods and their interconnects.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -153,3 +154,56 @@ def test_a_dead_process_stops_the_other(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_is_exact(tmp_path):
+  """A preemption notice that reaches one host only: every process saves the same step and exits 3 (a lone
+  process stopping would leave the other waiting in a collective), and the resumed run ends with parameters
+  bit-identical to an uninterrupted one."""
+  from tlgan import pretrained
+  args = CLASSIFIER[:2] + ["--config.num_steps=60", "--config.batch_size=8", "--config.data.num_shards=2",
+                           "--config.checkpoint_every=1000", "--config.log_every=50"]
+
+  def both(workdir, tag, signal_at_start=None):
+    port = free_port()
+    logs = [tmp_path / f"{tag}{i}.log" for i in range(2)]
+    procs = [launch(workdir, args, 1, i, 2, port, logs[i]) for i in range(2)]
+    try:
+      if signal_at_start is not None:
+        deadline = time.time() + 300
+        while not all("Compiled the train step" in open(l).read() for l in logs):
+          assert time.time() < deadline and all(p.poll() is None for p in procs), [open(l).read()[-2000:] for l in logs]
+          time.sleep(0.2)
+        procs[1].send_signal(signal_at_start)
+        sent = time.time()
+      codes = [p.wait(timeout=300) for p in procs]
+      return codes, [open(l).read() for l in logs], (time.time() - sent if signal_at_start else None)
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+
+  codes, logs, seconds = both(tmp_path / "stopped", "s", signal.SIGTERM)
+  assert codes == [3, 3], [l[-2000:] for l in logs]
+  assert seconds < 90, seconds
+  saved = [re.search(r"checkpoint saved at step (\d+)", l) for l in logs]
+  assert all(saved), [l[-1000:] for l in logs]
+  step = int(saved[0].group(1))
+  assert int(saved[1].group(1)) == step and 0 < step < 60
+  assert "SIGTERM received by a process of this run (here too)" in logs[1]
+  ckpts = tmp_path / "stopped" / "checkpoints"
+  assert sorted(os.listdir(ckpts)) == [str(step)], os.listdir(ckpts)  # complete: no temporary folder left
+  assert "Traceback" not in logs[0] + logs[1]
+
+  codes, logs, _ = both(tmp_path / "stopped", "r")
+  assert codes == [0, 0], [l[-2000:] for l in logs]
+  assert f"Restored checkpoint {step}" in logs[0]
+  codes, logs, _ = both(tmp_path / "straight", "u")
+  assert codes == [0, 0], [l[-2000:] for l in logs]
+  resumed, _ = pretrained.load(str(tmp_path / "stopped" / "model.msgpack"))
+  straight, _ = pretrained.load(str(tmp_path / "straight" / "model.msgpack"))
+  import jax
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(a, b)
+

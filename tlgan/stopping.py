@@ -13,6 +13,14 @@ stops the run cleanly), unless it is ignored (`nohup`), which is left as it is.
 
 The command-line tools install the handlers for the whole process (`install()`); `loop.run` installs them for
 its duration (`handlers()`) when code calls a trainer directly. Only the main thread can.
+
+A multi-process run stops where all its processes agree: a signal often reaches one host only (a preemption
+notice), and a process that left alone would leave the others waiting in a collective. There `check` never
+raises; the training loop puts every process's request into each step (a max over all devices, read one step
+later, so it costs no wait) and all processes save the same step and exit 3. A request outside the training
+loop waits for the next step, or for the end of the run. `jax.distributed.initialize` installs JAX's own
+SIGTERM notifier (its preemption sync point) over these handlers; `reclaim()` puts them back, and the loop
+honours the sync point too, for notices that reach JAX some other way.
 """
 
 import contextlib
@@ -42,16 +50,19 @@ def requested() -> Optional[str]:
   return _requested
 
 
-def check(what: str, collective: bool = False) -> None:
-  """Raises `Stopped` when a stop was requested; `what` names the work being abandoned ('evaluating').
-  `collective`: the work runs in step with the other processes of a multi-process run, which a lone process
-  must not leave; there the request waits for the training loop."""
+def requested_number() -> int:
+  """The requesting signal's number, 0 without a request: this process's vote in a multi-process run."""
+  return 0 if _requested is None else int(signal.Signals[_requested])
+
+
+def check(what: str) -> None:
+  """Raises `Stopped` when a stop was requested; `what` names the work being abandoned ('evaluating'). In a
+  multi-process run it never raises: the processes stop together, where the training loop's vote says."""
   if _requested is None:
     return
-  if collective:
-    import jax
-    if jax.process_count() > 1:
-      return
+  import jax
+  if jax.process_count() > 1:
+    return
   raise Stopped(_requested, what)
 
 
@@ -83,6 +94,16 @@ def _install() -> dict:
       continue
     previous[sig] = signal.signal(sig, _handle)
   return previous
+
+
+def reclaim() -> None:
+  """Puts this module's handlers back where something else replaced them below Python (the C++ SIGTERM
+  notifier `jax.distributed.initialize` installs: Python still reports its own handler, but no longer runs
+  it)."""
+  if threading.current_thread() is threading.main_thread():
+    for sig in SIGNALS:
+      if signal.getsignal(sig) is _handle:
+        signal.signal(sig, _handle)
 
 
 def install() -> None:

@@ -120,7 +120,7 @@ def evaluate(eval_fn, state, images, labels, batch_size, map_fn, mesh, num_class
   totals = None
   for batch in data.eval_batches(images, labels, batch_size=batch_size, map_fn=map_fn,
                                  num_batches=max(1, -(-largest // batch_size))):
-    stopping.check("evaluating the classifier", collective=True)
+    stopping.check("evaluating the classifier")
     sums = eval_fn(state, parallel.global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)

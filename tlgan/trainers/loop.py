@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -126,6 +127,64 @@ def poison_batches(batches: Iterator, at_step: int, start_step: int) -> Iterator
     yield batch
 
 
+class _StopVote:
+  """One stop decision for all processes of a multi-process run (in a single process: its own request).
+
+  Every step carries each device's vote (the number of the signal its process received, or 0) and returns
+  their max over all devices, computed inside the step so that it adds no program and no wait of its own; the
+  loop reads step k's result after dispatching step k+1 (by then step k is done or nearly), so every process
+  sees the same votes at the same step and all stop after that step. JAX's preemption sync point (when
+  `jax.distributed` runs its notifier) is asked at every step too; it agrees across processes by design."""
+
+  KEY = "stop_vote"
+
+  def __init__(self, par: parallel.Parallel):
+    self.par, self.multi = par, jax.process_count() > 1
+    self.previous = self.current = None  # the votes of the step before and of this one (on the device)
+
+  def wrap(self, step_fn: Callable) -> Callable:
+    if not self.multi:
+      return step_fn
+
+    def step(state, batch_and_votes, rng, **kwargs):
+      batch, votes = batch_and_votes
+      state, metrics = step_fn(state, batch, rng, **kwargs)
+      vote = jnp.max(votes)
+      if kwargs.get("axis_name"):
+        vote = jax.lax.pmax(vote, kwargs["axis_name"])
+      return state, {**metrics, self.KEY: vote}
+
+    return step
+
+  def batch(self, batch):
+    """The step's batch argument, with this process's votes (one per local device) when there are others."""
+    if not self.multi:
+      return batch
+    return batch, self.par.put_batch(np.full(self.par.local_devices, stopping.requested_number(), np.int32))
+
+  def take(self, metrics) -> None:
+    """Takes the vote out of a step's metrics (right after the step is dispatched)."""
+    if self.multi:
+      self.previous, self.current = self.current, metrics.pop(self.KEY)
+
+  def decide(self, step: int) -> Optional[str]:
+    """Why all processes stop after step `step` (or None): the votes of the step before it."""
+    if not self.multi:
+      return f"{stopping.requested()} received" if stopping.requested() else None
+    number = 0 if self.previous is None else int(np.max(jax.device_get(self.previous)))
+    if number:
+      import signal
+      mine = " (here too)" if stopping.requested_number() else ""
+      return f"{signal.Signals(number).name} received by a process of this run{mine}"
+    from jax.experimental import multihost_utils
+    try:
+      if multihost_utils.reached_preemption_sync_point(step):
+        return "a preemption notice (JAX's preemption sync point)"
+    except RuntimeError:  # no preemption sync manager (jax.distributed was initialised without one)
+      pass
+    return None
+
+
 def _check_finite(pending) -> None:
   """Raises NonFiniteError naming the first step and metric of [(step, metrics)] that is NaN or Inf."""
   fetched = jax.device_get([m for _, m in pending])
@@ -167,14 +226,15 @@ def run(*, state, step_fn: Callable, batches: Iterator, rng, par: parallel.Paral
     batch = next(batches)
     t0 = time.perf_counter()
     logging.info("Compiling the train step")
-    compiled = par.compile(step_fn, state, batch, rng)
+    vote = _StopVote(par)
+    compiled = par.compile(vote.wrap(step_fn), state, vote.batch(batch), rng)
     compile_seconds = time.perf_counter() - t0
     logging.info("Compiled the train step in %.1f s", compile_seconds)
     stopping.check("compiling the train step")
     return _train(state=state, compiled=compiled, batch=batch, batches=batches, rng=rng, par=par, config=config,
                   workdir=workdir, checkpointer=checkpointer, start_step=start_step, num_steps=num_steps,
                   global_batch=global_batch, hooks=hooks, best_metric=best_metric,
-                  compile_seconds=compile_seconds)
+                  compile_seconds=compile_seconds, vote=vote)
 
 
 def _finish(*, state, par, workdir: str, checkpointer, step: int, hooks) -> LoopResult:
@@ -200,7 +260,8 @@ def _finish(*, state, par, workdir: str, checkpointer, step: int, hooks) -> Loop
 
 
 def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, checkpointer, start_step: int,
-           num_steps: int, global_batch: int, hooks, best_metric, compile_seconds: float) -> LoopResult:
+           num_steps: int, global_batch: int, hooks, best_metric, compile_seconds: float,
+           vote: _StopVote) -> LoopResult:
   claim_workdir(workdir)
   writer = reporting.MetricWriter(workdir)
   writer.truncate_after(start_step)
@@ -214,7 +275,8 @@ def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, c
                   dynamic_ncols=True, mininterval=2.0, file=sys.stderr, desc=config.experiment)
   try:
     while step < num_steps:
-      state, metrics = compiled(state, batch, rng)
+      state, metrics = compiled(state, vote.batch(batch), rng)
+      vote.take(metrics)
       step += 1
       window_steps += 1
       pending.append((step, metrics))
@@ -233,7 +295,8 @@ def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, c
       hook_scalars.update(step_scalars)
       # A request that comes after the last step's hooks stops nothing here: training is complete (the work
       # after the loop checks it again).
-      stop = abandoned is not None or (stopping.requested() is not None and step < num_steps)
+      agreed = vote.decide(step)
+      stop = abandoned is not None or (agreed is not None and step < num_steps)
       scored = best_metric is not None and np.isfinite(step_scalars.get(best_metric[0], np.nan))
       save = stop or scored or step == num_steps or step % config.checkpoint_every == 0
       if save or step % config.log_every == 0:
@@ -254,7 +317,7 @@ def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, c
         checkpointer.save(step, par.host_state(state),
                           metrics={best_metric[1]: float(step_scalars[best_metric[0]])} if scored else None)
       if stop:
-        status, reason = "preempted", abandoned or f"{stopping.requested()} received"
+        status, reason = "preempted", abandoned or agreed
         break
       if step < num_steps:
         batch = next(batches)
