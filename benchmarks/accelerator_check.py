@@ -21,7 +21,6 @@ on CPU with those modules made unimportable.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,8 +34,9 @@ import numpy as np
 import optax
 
 from benchmarks import torch_reference
-from benchmarks.jax_steps import JaxStep
+from benchmarks.jax_steps import JaxStep, measure
 from tlgan import pretrained
+from tlgan.reporting import cpu_model
 from tlgan.models.dcgan import Discriminator, Generator
 from tlgan.models.resnet import ResNet18
 from tlgan.steps import classifier as clf
@@ -47,17 +47,6 @@ from tlgan.steps import gan as gan_step
 DCGAN = dict(latent_dim=100, g_features=64, d_features=64, lr=2e-4, b1=0.5, b2=0.999, loss="nonsaturating")
 RESNET = dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4, num_classes=10, image_size=32)
 DTYPES = {"float32": (jnp.float32, torch.float32), "bfloat16": (jnp.bfloat16, torch.bfloat16)}
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def torch_device() -> str:
@@ -141,14 +130,7 @@ def compare(name: str, batch: int, dtype_name: str, rounds: int, per_round: int)
   if device:
     make = torch_reference.TorchDCGAN if name == "dcgan" else torch_reference.TorchResNet18
     theirs = _Synced(make(batch, device=device, dtype=tdtype), device)
-  jt, tt, ratios = [], [], []
-  for _ in range(rounds):
-    j = [ours.run() for _ in range(per_round)]
-    jt += j
-    if theirs is not None:
-      t = [theirs.run() for _ in range(per_round)]
-      tt += t
-      ratios.append(statistics.median(t) / statistics.median(j))
+  jt, tt, ratios = measure(ours, theirs, rounds, per_round)
   return {"step": ours.name, "dtype": dtype_name, "tlgan_images_per_s": batch / statistics.median(jt),
           "torch_images_per_s": batch / statistics.median(tt) if tt else None,
           "ratio": statistics.median(ratios) if ratios else None,

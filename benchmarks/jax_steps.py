@@ -1,5 +1,6 @@
 """tlgan's training steps as benchmark subjects: compiled ahead of time, with their XLA cost analysis."""
 
+import statistics
 import time
 
 import jax
@@ -28,6 +29,19 @@ class JaxStep:
     self.state, metrics = self.compiled(self.state, self.batch, self.rng)
     jax.block_until_ready(metrics)
     return time.perf_counter() - t
+
+
+def measure(jax_step, torch_step, rounds: int, per_round: int):
+  """Alternates rounds; returns (all tlgan times, all torch times, per-round ratios torch/tlgan)."""
+  jax_times, torch_times, ratios = [], [], []
+  for _ in range(rounds):
+    jt = [jax_step.run() for _ in range(per_round)]
+    jax_times += jt
+    if torch_step is not None:
+      tt = [torch_step.run() for _ in range(per_round)]
+      torch_times += tt
+      ratios.append(statistics.median(tt) / statistics.median(jt))
+  return jax_times, torch_times, ratios
 
 
 def jax_dcgan(batch_size: int, conv_impl: str) -> JaxStep:

@@ -33,7 +33,7 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 
-from benchmarks.jax_steps import JaxStep, jax_dcgan, jax_projected_gan, jax_resnet18
+from benchmarks.jax_steps import jax_dcgan, jax_projected_gan, jax_resnet18, measure
 
 flags.DEFINE_bool("against_torch", False, "Also run the PyTorch eager reference (needs the [torch] extra).")
 flags.DEFINE_integer("batch_size", 128, "Batch size of both steps.")
@@ -72,19 +72,6 @@ def _timed(fn) -> float:
 
 
 # -------------------------------------------------------------------------------------------------- report
-
-
-def measure(jax_step: JaxStep, torch_step, rounds: int, per_round: int):
-  """Alternates rounds; returns (all tlgan times, all torch times, per-round ratios torch/tlgan)."""
-  jax_times, torch_times, ratios = [], [], []
-  for _ in range(rounds):
-    jt = [jax_step.run() for _ in range(per_round)]
-    jax_times += jt
-    if torch_step is not None:
-      tt = [torch_step.run() for _ in range(per_round)]
-      torch_times += tt
-      ratios.append(statistics.median(tt) / statistics.median(jt))
-  return jax_times, torch_times, ratios
 
 
 def main(_):
