@@ -21,8 +21,16 @@ def test_streaming_stats_equal_numpy():
   np.testing.assert_allclose(stats.cov, np.cov(feats.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-12)
 
 
-def test_frechet_distance_equals_pytorch_fid():
+def test_frechet_distance_equals_pytorch_fid(monkeypatch):
   fid_score = pytest.importorskip("pytorch_fid.fid_score")
+  import inspect
+  from scipy import linalg
+  if "disp" not in inspect.signature(linalg.sqrtm).parameters:
+    # pytorch-fid 0.3.0 calls sqrtm(..., disp=False), which SciPy 1.18 removed; the old call returned
+    # (root, error estimate), and pytorch-fid ignores the estimate.
+    sqrtm = linalg.sqrtm
+    monkeypatch.setattr(fid_score.linalg, "sqrtm", lambda a, disp=True, **kw: (sqrtm(a, **kw), 0.0) if not disp
+                        else sqrtm(a, **kw))
   rng = np.random.default_rng(1)
   for d in (2, 16, 64):
     mu1, s1 = _random_stats(rng, d)
