@@ -60,15 +60,7 @@ def torch_device() -> str:
 def equivalence(size: int) -> dict:
   """Largest |tlgan - torchvision| logit difference on this device, and the tolerance it must meet."""
   torch.manual_seed(0)
-  net = torchvision.models.resnet18()
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.normal_(0, 0.2)
-        m.running_var.uniform_(0.5, 2.0)
-        m.weight.normal_(1, 0.2)
-        m.bias.normal_(0, 0.2)
-  net.eval()
+  net = torch_reference.perturbed(torchvision.models.resnet18()).eval()
   variables = pretrained.from_torchvision(net.state_dict(), "resnet18")
   x = np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32)
   device = torch_device() or "cpu"

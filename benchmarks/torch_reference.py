@@ -16,6 +16,20 @@ import torchvision
 from torch import nn
 
 
+def perturbed(model, seed: int = 0):
+  """`model` with BatchNorm statistics and affine parameters that are not the identity (a fresh torchvision
+  model's are, which would hide a BatchNorm bug from an equivalence check)."""
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, nn.BatchNorm2d):
+        m.running_mean.normal_(0, 0.2)
+        m.running_var.uniform_(0.5, 2.0)
+        m.weight.normal_(1, 0.2)
+        m.bias.normal_(0, 0.2)
+  return model
+
+
 def _dcgan_init(module):
   # pytorch/examples' weights_init
   if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):

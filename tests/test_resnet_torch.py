@@ -11,24 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+from benchmarks.torch_reference import perturbed  # BatchNorms that are not the identity
 from tlgan import pretrained
 from tlgan.errors import UserError
 from tlgan.models.resnet import ResNet18, ResNet50
 
 torch.set_num_threads(2)
-
-
-def perturbed(model, seed=0):
-  """A torchvision model whose BatchNorms are not the identity (else a BN bug would go unseen)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.normal_(0, 0.2)
-        m.running_var.uniform_(0.5, 2.0)
-        m.weight.normal_(1, 0.2)
-        m.bias.normal_(0, 0.2)
-  return model
 
 
 @pytest.fixture(scope="module")
