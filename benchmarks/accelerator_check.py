@@ -100,28 +100,14 @@ def jax_resnet18(batch: int, dtype) -> JaxStep:
   return JaxStep("ResNet18 32x32", clf.train_step, state, batch_)
 
 
-class _Synced:
-  """A PyTorch step timed to completion on its device (CUDA runs asynchronously)."""
-
-  def __init__(self, step, device):
-    self.step, self.device = step, device
-
-  def run(self) -> float:
-    t = time.perf_counter()
-    self.step.run()
-    if self.device == "cuda":
-      torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
 def compare(name: str, batch: int, dtype_name: str, rounds: int, per_round: int) -> dict:
   jdtype, tdtype = DTYPES[dtype_name]
   ours = (jax_dcgan if name == "dcgan" else jax_resnet18)(batch, jdtype)
   device = torch_device()
   theirs = None
-  if device:
+  if device:  # (their run() ends in float() of a loss, which waits for the device, CUDA's queue too)
     make = torch_reference.TorchDCGAN if name == "dcgan" else torch_reference.TorchResNet18
-    theirs = _Synced(make(batch, device=device, dtype=tdtype), device)
+    theirs = make(batch, device=device, dtype=tdtype)
   jt, tt, ratios = measure(ours, theirs, rounds, per_round)
   return {"step": ours.name, "dtype": dtype_name, "tlgan_images_per_s": batch / statistics.median(jt),
           "torch_images_per_s": batch / statistics.median(tt) if tt else None,

@@ -94,7 +94,7 @@ class TorchDCGAN:
 
   def run(self) -> float:
     t = time.perf_counter()
-    self.train_step(self.real)  # float() synchronises, like block_until_ready (eager CPU already is)
+    self.train_step(self.real)  # float() waits for the device (CUDA's queue), like block_until_ready
     return time.perf_counter() - t
 
 
