@@ -115,13 +115,23 @@ def compare(name: str, batch: int, dtype_name: str, rounds: int, per_round: int)
           "ratio_range": (min(ratios), max(ratios)) if ratios else None, "compile_s": ours.compile_s}
 
 
+def _positive(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value <= 0:
+    raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+  return value
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tiny", action="store_true", help="a smoke run: batch 8, one short round, 32x32 "
                       "equivalence (the test suite's CPU run)")
-  parser.add_argument("--batch_size", type=int, default=128)
-  parser.add_argument("--rounds", type=int, default=5)
-  parser.add_argument("--steps_per_round", type=int, default=10)
+  parser.add_argument("--batch_size", type=_positive, default=128)
+  parser.add_argument("--rounds", type=_positive, default=5)
+  parser.add_argument("--steps_per_round", type=_positive, default=10)
   parser.add_argument("--dtypes", default="float32,bfloat16")
   args = parser.parse_args(argv)
   if args.tiny:

@@ -62,3 +62,13 @@ def test_a_wrong_conversion_fails_the_check(monkeypatch):
   assert not result["ok"] and result["max_abs_diff"] > result["tolerance"]
   monkeypatch.setattr(check.pretrained, "from_torchvision", real)
   assert check.equivalence(32)["ok"]
+
+
+@pytest.mark.parametrize("arg", ["--batch_size=0", "--rounds=-1", "--steps_per_round=x", "--dtypes=float16"])
+def test_bad_arguments_are_one_line_and_exit_2(arg, capsys):
+  from benchmarks import accelerator_check as check
+  with pytest.raises(SystemExit) as stop:
+    check.main([arg])
+  assert stop.value.code == 2
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "error:" in last and arg.split("=")[0].lstrip("-") in last, last
