@@ -17,10 +17,8 @@ keeps comparing against the best of the runs before it.
 
 import contextlib
 import gc
-import glob
 import logging
 import os
-import shutil
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -30,7 +28,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from flax import serialization
 
-from tlgan import run_config
+from tlgan import files, run_config
 from tlgan.errors import CheckpointMismatchError, CheckpointWriteError, UserError, first_line
 
 
@@ -128,7 +126,7 @@ class Checkpointer:
   def __init__(self, directory: str, meta: Dict[str, Any], *, max_to_keep: int = 3,
                best_metric: Optional[str] = None, config: Optional[Dict[str, Any]] = None,
                free_fields: Tuple[str, ...] = (), allow_config_change: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)  # a local folder or a URL (gs://bucket/run/checkpoints)
     self.meta = meta
     # The run's config (flattened), saved with every checkpoint and compared on resume (`tlgan.run_config`).
     self.config = run_config.flatten(config) if config is not None else None
@@ -165,7 +163,7 @@ class Checkpointer:
     return self._manager
 
   def steps(self):
-    if not os.path.isdir(self.directory):
+    if not files.isdir(self.directory):
       return []
     return sorted(self.manager.all_steps())
 
@@ -237,11 +235,11 @@ class Checkpointer:
   def _move_aside(self, step: int) -> None:
     """A damaged checkpoint is kept for inspection in <directory>_damaged/, out of the way of a new save."""
     if jax.process_index() == 0:
-      target = os.path.join(self.directory + "_damaged", str(step))
-      while os.path.exists(target):
+      target = files.join(self.directory + "_damaged", str(step))
+      while files.exists(target):
         target += "+"
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      os.replace(os.path.join(self.directory, str(step)), target)
+      files.makedirs(self.directory + "_damaged")
+      files.move(files.join(self.directory, str(step)), target)
       logging.warning("moved the damaged checkpoint %d to %s", step, target)
     multihost_utils.sync_global_devices(f"tlgan_move_aside_{step}")
     self._damaged.discard(step)
@@ -297,8 +295,8 @@ class Checkpointer:
     except Exception as e:
       step, self._writing = self._writing, None
       good = [s for s in self.steps() if s != step]
-      for leftover in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
-        shutil.rmtree(leftover, ignore_errors=True)  # a partial write: give its space back
+      for leftover in files.glob(self.directory, f"{step}.orbax-checkpoint-tmp*"):
+        files.rmtree(leftover)  # a partial write: give its space back
       self._failed = CheckpointWriteError(
           f"could not write checkpoint {step} to {self.directory} ({_os_reason(e)}); "
           + (f"the last complete checkpoint is step {good[-1]}, kept" if good else "no checkpoint is complete yet")

@@ -18,6 +18,7 @@ another network, other weights or another way of feeding them never reuse stale 
 """
 
 import dataclasses
+import io
 import os
 from typing import Callable, Tuple
 
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tlgan import evaluation, pretrained, reporting, stopping
+from tlgan import evaluation, files, pretrained, reporting, stopping
 from tlgan.errors import UserError
 from tlgan.evaluation import FeatureStats
 
@@ -90,7 +91,7 @@ def metric_weights(dataset: str, feature_weights: str = "") -> str:
   """The metric network's weights file: `feature_weights` when given (it must exist), else the shipped one."""
   if not feature_weights:
     return shipped_weights(dataset)
-  if not os.path.isfile(feature_weights):
+  if not files.isfile(feature_weights):
     raise UserError(f"eval.feature_weights={feature_weights} does not exist: pass a tlgan ResNet weights file "
                     f"trained on {dataset} (or '' for the shipped metric network)")
   return feature_weights
@@ -150,19 +151,19 @@ def inception_fid(weights_path: str) -> FeatureNetwork:
 def reference_features(net: FeatureNetwork, images_uint8: np.ndarray, *, dataset: str, split: str,
                        cache_dir: str) -> np.ndarray:
   """Features of real images (uint8 NHWC), cached by dataset, split, network and weights."""
-  folder = os.path.join(os.path.expanduser(cache_dir), "reference")
+  folder = files.join(cache_dir if files.is_remote(cache_dir) else os.path.expanduser(cache_dir), "reference")
   name = f"{dataset}-{split}-{net.name}-{net.weights_sha256[:12]}-v{FEATURES_VERSION}-n{len(images_uint8)}.npz"
-  path = os.path.join(folder, name)
+  path = files.join(folder, name)
   what = f"the {net.name} features of {dataset}[{split}]"
-  if os.path.exists(path):
-    with np.load(path) as cached:
+  if files.exists(path):
+    with np.load(io.BytesIO(files.read_bytes(path))) as cached:
       feats = cached["features"]
     evaluation.require_finite(f"{what} cached in {path}", feats)
     return feats
   feats, _ = net(images_uint8)
   evaluation.require_finite(what, feats)  # never cached
   if reporting.is_writer():
-    reporting.atomic_write(path, lambda f: np.savez(f, features=feats))
+    files.atomic_write(path, lambda f: np.savez(f, features=feats))
   return feats
 
 

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from flax import serialization, traverse_util
 
-from tlgan import reporting
+from tlgan import files
 from tlgan.errors import UserError
 
 ARCHS = {
@@ -184,7 +184,7 @@ def merge_pretrained(fresh: Mapping[str, Any], pretrained: Mapping[str, Any],
 
 def sha256_of(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with files.open_read(path) as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()
@@ -220,7 +220,7 @@ def download(arch: str, cache_dir: Optional[str] = None) -> str:
     import urllib.request
     os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
-    os.fchmod(fd, reporting.new_file_mode())
+    os.fchmod(fd, files.new_file_mode())
     os.close(fd)
     try:
       urllib.request.urlretrieve(info["url"], tmp)
@@ -278,7 +278,7 @@ class WeightsMeta:
 def save(path: str, variables: Mapping[str, Any], meta: WeightsMeta) -> None:
   """Writes variables + metadata as one flax msgpack file, atomically: the file is complete or not there (a
   failed write leaves nothing behind, and an existing file at `path` untouched)."""
-  if os.path.isdir(path):
+  if files.isdir(path):
     raise UserError(f"output {path} is a folder: give a file path, e.g. {os.path.join(path, 'weights.msgpack')}")
   fields = dataclasses.asdict(meta)
   for derived in ("width", "num_classes"):  # always read back from the variables themselves
@@ -286,7 +286,7 @@ def save(path: str, variables: Mapping[str, Any], meta: WeightsMeta) -> None:
   payload = {"format": FORMAT, **fields, "variables": jax.tree.map(np.asarray, dict(variables))}
   data = serialization.msgpack_serialize(payload)
   try:
-    reporting.atomic_write(path, lambda f: f.write(data))
+    files.atomic_write(path, lambda f: f.write(data))
   except OSError as e:
     raise UserError(f"could not write {path} ({type(e).__name__}: {e.strerror or e}): check the folder, its "
                     "permissions and free space") from None
@@ -294,13 +294,12 @@ def save(path: str, variables: Mapping[str, Any], meta: WeightsMeta) -> None:
 
 def load(path: str) -> Tuple[Dict[str, Any], WeightsMeta]:
   """Reads a file written by `save`: (variables, metadata)."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f"pretrained weights {path} do not exist: convert them with python -m tlgan.pretrained")
-  with open(path, "rb") as f:
-    try:
-      payload = serialization.msgpack_restore(f.read())
-    except Exception:
-      raise UserError(f"{path} is not a tlgan weights file (convert with python -m tlgan.pretrained)") from None
+  try:
+    payload = serialization.msgpack_restore(files.read_bytes(path))
+  except Exception:
+    raise UserError(f"{path} is not a tlgan weights file (convert with python -m tlgan.pretrained)") from None
   if not isinstance(payload, dict) or payload.get("format") != FORMAT or not isinstance(payload.get("variables"), dict):
     raise UserError(f"{path} is not a tlgan weights file (convert with python -m tlgan.pretrained)")
   variables = payload.pop("variables")

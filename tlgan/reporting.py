@@ -1,17 +1,20 @@
 """What a run leaves for a researcher: TensorBoard events, a JSON-lines metrics file, PNG grids and curves,
-and JSON summaries. Every writer is a no-op outside process 0, and files are written atomically (temporary
-file + rename), so a killed run never leaves a half-written PNG or JSON behind.
+and JSON summaries. Every writer is a no-op outside process 0, and files are written atomically
+(`tlgan.files.atomic_write`), so a killed run never leaves a half-written PNG or JSON behind; the workdir may
+be a local folder or a URL (gs://bucket/run).
 """
 
 import json
 import math
 import os
-import tempfile
 from typing import Dict, Iterable, List, Optional
 
 import jax
 import numpy as np
 from PIL import Image
+
+from tlgan import files
+from tlgan.files import atomic_write
 
 
 def is_writer() -> bool:
@@ -36,43 +39,6 @@ def machine() -> Dict[str, object]:
   devices = jax.devices()
   return {"cpu": cpu_model(), "cpu_cores": os.cpu_count(), "backend": jax.default_backend(),
           "device_kind": devices[0].device_kind, "devices": len(devices)}
-
-
-def new_file_mode() -> int:
-  """The mode `open()` gives a new file (0o666 less the umask, 0o644 typically): what a team sharing a cache
-  or a workdir expects. (`mkstemp` makes its files private to their owner, 0o600.)"""
-  return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-  """The process's umask, read without changing it where Linux shows it (setting and restoring it would leave
-  a moment in which a file created by another thread, an Orbax writer say, gets no umask at all)."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("Umask:"):
-          return int(line.split()[1], 8)
-  except (OSError, ValueError):
-    pass
-  umask = os.umask(0o077)  # elsewhere: briefly the strictest, never a looser one
-  os.umask(umask)
-  return umask
-
-
-def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
-  """Writes `path` through `write_fn(f)` into a temporary file renamed over it when complete: the file is
-  whole or not there (a failure removes the temporary file). It gets `new_file_mode()`."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  try:
-    os.fchmod(fd, new_file_mode())
-    with os.fdopen(fd, mode) as f:
-      write_fn(f)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def write_json(path: str, obj) -> None:
@@ -131,63 +97,75 @@ def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str],
 
 
 class MetricWriter:
-  """Scalars to TensorBoard (tensorboardX) and to `metrics.jsonl`; keeps the history for plots."""
+  """Scalars to TensorBoard (tensorboardX) and to `metrics.jsonl`; keeps the history for plots. A local
+  metrics.jsonl is appended to (a kill -9 loses at most the line being written); a remote one, where objects
+  cannot be appended to, is uploaded whole at each write."""
 
   def __init__(self, workdir: str):
     self.history: List[Dict[str, float]] = []
     self._jsonl = self._tb = None
+    self._open = False
     if is_writer():
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+      self._tb = SummaryWriter(files.join(workdir, "tensorboard"))
+      self._jsonl_path = files.join(workdir, "metrics.jsonl")
+      self._remote = files.is_remote(workdir)
       self.history = read_jsonl(self._jsonl_path)
-      self._jsonl = open(self._jsonl_path, "a")
+      self._open = True
+      if not self._remote:
+        self._jsonl = open(self._jsonl_path, "a")
 
   def truncate_after(self, step: int) -> None:
     """Drops rows logged after `step` (a resumed run re-logs them)."""
-    if self._jsonl is None:
+    if not self._open:
       return
     self._rewrite([row for row in self.history if row["step"] <= step])
 
   def _rewrite(self, rows: List[Dict[str, float]]) -> None:
     self.history = rows
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     atomic_write(self._jsonl_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows), "w")
-    self._jsonl = open(self._jsonl_path, "a")
+    if not self._remote:
+      self._jsonl = open(self._jsonl_path, "a")
 
   def write(self, step: int, scalars: Dict[str, float]) -> None:
-    if self._jsonl is None:
+    if not self._open:
       return
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    self.history.append(row)
-    self._jsonl.write(json.dumps(row) + "\n")
-    self._jsonl.flush()
+    if self._remote:
+      self._rewrite(self.history + [row])
+    else:
+      self.history.append(row)
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
     for key, value in scalars.items():  # 'FD[net]' -> 'FD/net': TensorBoard groups it, and allows it
       self._tb.add_scalar(key.replace("[", "/").rstrip("]"), float(value), int(step))
 
   def replace(self, step: int, scalars: Dict[str, float]) -> None:
     """Writes `scalars` at `step`, first dropping the values of the same names logged at that step before
     (the end of a run, redone), so that no name appears twice at one step."""
-    if self._jsonl is None or not scalars:
+    if not self._open or not scalars:
       return
     rows = [{k: v for k, v in row.items() if row["step"] != step or k not in scalars} for row in self.history]
     self._rewrite([row for row in rows if len(row) > 1])
     self.write(step, scalars)
 
   def close(self) -> None:
-    if self._jsonl is not None:
-      self._jsonl.close()
+    if self._open:
+      self._open = False
+      if self._jsonl is not None:
+        self._jsonl.close()
       self._tb.close()
 
 
 def read_jsonl(path: str) -> List[Dict[str, float]]:
-  if not os.path.exists(path):
+  if not files.exists(path):
     return []
   rows = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:  # a line cut by a kill -9
-        break
+  for line in files.read_text(path).splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:  # a line cut by a kill -9
+      break
   return rows

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from tlgan import config_checks, data, parallel, pretrained, reporting, stopping
+from tlgan import config_checks, data, files, parallel, pretrained, reporting, stopping
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
@@ -149,7 +149,7 @@ def plot_confusion(path: str, confusion: np.ndarray, class_names, title: str) ->
   ax.set_ylabel("true")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  reporting.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
   plt.close(fig)
 
 

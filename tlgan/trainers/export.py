@@ -1,6 +1,7 @@
 """Samples of a trained GAN as a uint8 .npz (from a workdir's latest or best checkpoint and saved config), and
 the metrics of a finished run or of any sample file."""
 
+import io
 import json
 import os
 from typing import Optional
@@ -9,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from tlgan import data, reporting
+from tlgan import data, files, reporting
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import UserError, first_line
 from tlgan.trainers import gan_eval
@@ -19,12 +20,11 @@ def load_run_config(workdir: str, defaults: Optional[ml_collections.ConfigDict] 
   """The config saved by a run, laid over `defaults` (today's config of its experiment, which the caller
   passes: `configs.gan.get_config()`) when given, so that runs saved before a field existed (e.g.
   model.discriminator) read as they ran: with that field's default."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = files.join(workdir, "config.json")
+  if not files.exists(path):
     raise UserError(f"{workdir} has no config.json: is it the workdir of a tlgan run?")
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(files.read_text(path))
   except (OSError, ValueError) as e:  # truncated, not JSON, unreadable
     raise UserError(f"{path} cannot be read ({type(e).__name__}: {first_line(e, 120)}): rerun the "
                     "training command in that workdir (it rewrites config.json) or restore the file") from None
@@ -104,10 +104,10 @@ def evaluate_run(workdir: str, feature_weights: str, num: int, which: str = "lat
 
 def read_samples(path: str, image_shape) -> np.ndarray:
   """uint8 images (N, H, W, C) under 'images' in an .npz (the format `export_samples` writes), checked."""
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise UserError(f"samples file {path} does not exist: write one with python -m experiments.sample")
   try:
-    with np.load(path, allow_pickle=False) as f:
+    with np.load(io.BytesIO(files.read_bytes(path)), allow_pickle=False) as f:
       if "images" not in f.files:
         raise UserError(f"{path} has no 'images' array (it has {', '.join(f.files) or 'none'}): save the samples "
                         "as np.savez(path, images=uint8 N x H x W x C)")
@@ -144,7 +144,7 @@ def export_samples(workdir: str, num: int, output: str, seed=None, batch_size: i
     raise UserError(f"--num must be positive, got {num}")
   if batch_size <= 0:
     raise UserError(f"--batch_size must be positive, got {batch_size}")
-  if os.path.isdir(output):
+  if files.isdir(output):
     raise UserError(f"--output={output} is a folder: give a file path, e.g. {os.path.join(output, 'samples.npz')}")
   config, state, step = restore_run(workdir, which, defaults)
   check_fits_in_memory(num, data.spec(config.data.name).image_shape, "--num")
@@ -153,5 +153,5 @@ def export_samples(workdir: str, num: int, output: str, seed=None, batch_size: i
   else:
     z = jax.random.normal(jax.random.key(seed), (num, config.model.latent_dim))
   images = gan_eval.generate_uint8(state, z, batch_size)
-  reporting.atomic_write(output, lambda f: np.savez(f, images=images, step=step))
+  files.atomic_write(output, lambda f: np.savez(f, images=images, step=step))
   return output

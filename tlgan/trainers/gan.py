@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from tlgan import (config_checks, data, feature_networks, param_groups, parallel, pretrained, reporting,
+from tlgan import (config_checks, data, feature_networks, files, param_groups, parallel, pretrained, reporting,
                    stopping)
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
@@ -114,7 +114,7 @@ def read_trunk(config):
   own features can game the metric, Kynkaanniemi et al. 2022)."""
   m, e = config.model, config.eval
   path = m.d_trunk_weights
-  if not path or not os.path.isfile(path):
+  if not path or not files.isfile(path):
     raise ConfigError(f"model.d_trunk_weights={path!r} does not exist: train the trunk first with python -m "
                       "experiments.main --config=configs/transfer.py:fashion_pretrain --workdir=runs/fashion_resnet18"
                       " (or point --config.model.d_trunk_weights at another tlgan ResNet18 weights file)")

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import jax
 import numpy as np
 
-from tlgan import config_checks, evaluation, feature_networks, stopping
+from tlgan import config_checks, evaluation, feature_networks, files, stopping
 from tlgan.errors import ConfigError
 from tlgan.steps import gan as gan_step
 
@@ -130,7 +130,7 @@ def check_eval_config(config) -> None:
   config_checks.check_numbers(config, NUMBERS)
   if e.domain_network:
     feature_networks.metric_weights(config.data.name, e.feature_weights)
-  if e.inception_weights and not os.path.isfile(e.inception_weights):
+  if e.inception_weights and not files.isfile(e.inception_weights):
     raise ConfigError(f"eval.inception_weights={e.inception_weights} does not exist: convert pytorch-fid's weights "
                       "with python -m tlgan.pretrained --arch=inception_v3_fid --output=FILE (or set it to '')")
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from tlgan import data, parallel, reporting, stopping
+from tlgan import data, files, parallel, reporting, stopping
 from tlgan.errors import NonFiniteError, UserError, first_line
 
 
@@ -48,9 +48,13 @@ class LoopResult:
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails early when the workdir cannot be written or another run holds it, without creating anything."""
+  """Fails early when the workdir cannot be written or another run holds it, without creating anything. A URL
+  (gs://bucket/run) is checked by writing and deleting one empty object in it."""
   if not workdir or not workdir.strip():
     raise UserError("--workdir is empty: give the folder the run writes into, e.g. --workdir=runs/gan")
+  if files.is_remote(workdir):
+    _check_remote_workdir(workdir)
+    return
   path = os.path.abspath(workdir)
   while not os.path.exists(path):
     path = os.path.dirname(path)
@@ -66,6 +70,21 @@ def check_workdir(workdir: str) -> None:
     claim_workdir(workdir, create=False)
 
 
+def _check_remote_workdir(workdir: str) -> None:
+  if not reporting.is_writer():
+    return  # only process 0 writes the run's files (Orbax checks its own writes on every process)
+  try:
+    files.check_remote_writable(workdir)
+  except ImportError as e:
+    raise UserError(f"workdir {workdir} needs a client library for its scheme ({first_line(e, 120)}): pip install "
+                    "-e .[cloud] (gcsfs, google-cloud-storage)") from None
+  except NotImplementedError as e:  # etils.epath: a scheme it does not know
+    raise UserError(f"workdir {workdir}: {first_line(e, 160)}; or use a local folder") from None
+  except Exception as e:  # noqa: BLE001 - no bucket, no credentials, no permission: whatever the client says
+    raise UserError(f"workdir {workdir} cannot be written ({type(e).__name__}: {first_line(e, 160)}): check the "
+                    "bucket's name and your credentials (gcloud auth application-default login)") from None
+
+
 _CLAIMED: Dict[str, int] = {}  # workdir -> the descriptor whose flock this process holds until it exits
 LOCK_INFO = ".lock"
 
@@ -75,8 +94,14 @@ def claim_workdir(workdir: str, create: bool = True) -> None:
   multi-process run share it), so that a second run on the same workdir stops with one line naming the holder
   instead of both writing the same checkpoints. The lock is an flock on the folder itself, which the kernel
   releases when the process ends however it ends (kill -9 too): a lock is never stale. The holder's host and
-  PID go into `.lock` for the message."""
+  PID go into `.lock` for the message. A workdir in an object store is not locked (no lock there ends with
+  the process that took it): start one run per gs:// workdir."""
   if not reporting.is_writer():
+    return
+  if files.is_remote(workdir):
+    if create and workdir not in _CLAIMED:
+      logging.info("workdir %s is in an object store: not locked against a second run", workdir)
+      _CLAIMED[workdir] = -1
     return
   key = os.path.realpath(workdir)
   if key not in _CLAIMED:
@@ -97,16 +122,14 @@ def claim_workdir(workdir: str, create: bool = True) -> None:
                       "another --workdir") from None
     _CLAIMED[key] = fd
   if create:  # the run writes from now on: say who holds the workdir (checks alone never write)
-    reporting.atomic_write(os.path.join(workdir, LOCK_INFO),
-                           lambda f: f.write(f"{socket.gethostname()} pid {os.getpid()}\n".encode()))
+    files.atomic_write(os.path.join(workdir, LOCK_INFO),
+                       lambda f: f.write(f"{socket.gethostname()} pid {os.getpid()}\n".encode()))
 
 
 def read_summary(workdir: str) -> Dict[str, Any]:
   """summary.json, or {} when there is none or it cannot be read (a rerun then writes it again)."""
-  path = os.path.join(workdir, "summary.json")
   try:
-    with open(path) as f:
-      summary = json.load(f)
+    summary = json.loads(files.read_text(files.join(workdir, "summary.json")))
   except (OSError, ValueError):
     return {}
   return summary if isinstance(summary, dict) else {}

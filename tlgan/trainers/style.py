@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tlgan import config_checks, feature_networks, pretrained, reporting, stopping, style
+from tlgan import config_checks, feature_networks, files, pretrained, reporting, stopping, style
 from tlgan.errors import ConfigError, UserError
 from tlgan.models.resnet import STAGES
 from tlgan.trainers import loop
@@ -46,7 +46,7 @@ def feature_network(config, content: np.ndarray, style_image: np.ndarray):
   each colour channel (the metric network tlgan ships); or random weights with BatchNorm calibrated on the two
   images."""
   choice = config.features
-  have_weights = bool(config.weights) and os.path.isfile(config.weights)
+  have_weights = bool(config.weights) and files.isfile(config.weights)
   if choice == "imagenet" and not have_weights:
     raise UserError(f"features='imagenet' needs {config.weights or 'a weights file'}: convert it with "
                     "python -m tlgan.pretrained --arch=resnet18 --output=weights/resnet18.msgpack")
@@ -151,7 +151,7 @@ def side_by_side(images, height: int, pad: int = 8) -> np.ndarray:
 
 def save_png(path: str, image_uint8: np.ndarray) -> None:
   if reporting.is_writer():
-    reporting.atomic_write(path, lambda f: Image.fromarray(image_uint8).save(f, format="PNG"))
+    files.atomic_write(path, lambda f: Image.fromarray(image_uint8).save(f, format="PNG"))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from tlgan import config_checks, reporting
+from tlgan import config_checks, files, reporting
 from tlgan.trainers import classifier
 
 README_START, README_END = "<!-- transfer-table:start -->", "<!-- transfer-table:end -->"
@@ -69,7 +69,7 @@ def update_readme(path: str, table: str) -> bool:
     return False
   new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END),
                lambda _: f"{README_START}\n{table}{README_END}", text, flags=re.S)
-  reporting.atomic_write(path, lambda f: f.write(new), mode="w")
+  files.atomic_write(path, lambda f: f.write(new), mode="w")
   return True
 
 
@@ -88,7 +88,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
   check_config(config)
   pre = classifier.train_and_evaluate(config.pretrain, os.path.join(workdir, "pretrain"), allow_config_change)
   weights = os.path.join(workdir, "pretrain", "model.msgpack")
-  if pre.get("status") != "completed" or not os.path.exists(weights):
+  if pre.get("status") != "completed" or not files.exists(weights):
     return {"experiment": "transfer_study", "status": pre.get("status", "incomplete")}
   rows = []
   for per_class in config.per_class:
@@ -107,7 +107,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
                      "train_images_per_s": summary["train_images_per_s"]})
   table = table_markdown(rows, list(config.per_class), list(config.seeds), pre["test_accuracy"])
   if reporting.is_writer():
-    reporting.atomic_write(os.path.join(workdir, "results.md"), lambda f: f.write(table), mode="w")
+    files.atomic_write(os.path.join(workdir, "results.md"), lambda f: f.write(table), mode="w")
     if config.update_readme:
       logging.info("README table updated: %s", update_readme(config.readme, table))
   summary = {"experiment": "transfer_study", "status": "completed", "pretrain_test_accuracy": pre["test_accuracy"],
