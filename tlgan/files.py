@@ -93,11 +93,21 @@ def makedirs(path: str) -> None:
 
 
 def move(source: str, target: str) -> None:
-  """Moves a file or a folder (local: one rename; an object store: copies, then deletes the source)."""
-  if is_remote(source) or is_remote(target):
-    epath(source).rename(target)
-  else:
+  """Moves a file or a folder (local: one rename; an object store, which has no rename and no folders until
+  something is in them: copies every object, then deletes the source)."""
+  if not (is_remote(source) or is_remote(target)):
     os.replace(source, target)
+    return
+  _copy_tree(epath(source), epath(target))
+  epath(source).rmtree() if epath(source).is_dir() else epath(source).unlink()
+
+
+def _copy_tree(source, target) -> None:
+  if source.is_dir():
+    for child in source.iterdir():
+      _copy_tree(child, target / child.name)
+  else:
+    source.copy(target)
 
 
 def rmtree(path: str) -> None:

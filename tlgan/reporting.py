@@ -7,6 +7,8 @@ be a local folder or a URL (gs://bucket/run).
 import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Dict, Iterable, List, Optional
 
 import jax
@@ -98,8 +100,10 @@ def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str],
 
 class MetricWriter:
   """Scalars to TensorBoard (tensorboardX) and to `metrics.jsonl`; keeps the history for plots. A local
-  metrics.jsonl is appended to (a kill -9 loses at most the line being written); a remote one, where objects
-  cannot be appended to, is uploaded whole at each write."""
+  metrics.jsonl is appended to (a kill -9 loses at most the line being written). In a remote workdir, where
+  objects cannot be appended to, both files are uploaded whole at each write: the events file is written in a
+  local temporary folder first (tensorboardX's own gs:// writer re-uploads from its finaliser, after the run,
+  and waits two minutes when the store has gone)."""
 
   def __init__(self, workdir: str):
     self.history: List[Dict[str, float]] = []
@@ -107,9 +111,11 @@ class MetricWriter:
     self._open = False
     if is_writer():
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(files.join(workdir, "tensorboard"))
-      self._jsonl_path = files.join(workdir, "metrics.jsonl")
       self._remote = files.is_remote(workdir)
+      self._tb_dir = files.join(workdir, "tensorboard")
+      self._tb_local = tempfile.mkdtemp(prefix="tlgan-tensorboard-") if self._remote else self._tb_dir
+      self._tb = SummaryWriter(self._tb_local)
+      self._jsonl_path = files.join(workdir, "metrics.jsonl")
       self.history = read_jsonl(self._jsonl_path)
       self._open = True
       if not self._remote:
@@ -141,6 +147,14 @@ class MetricWriter:
       self._jsonl.flush()
     for key, value in scalars.items():  # 'FD[net]' -> 'FD/net': TensorBoard groups it, and allows it
       self._tb.add_scalar(key.replace("[", "/").rstrip("]"), float(value), int(step))
+    if self._remote:
+      self._upload_events()
+
+  def _upload_events(self) -> None:
+    self._tb.flush()
+    for name in os.listdir(self._tb_local):
+      data = files.read_bytes(os.path.join(self._tb_local, name))
+      atomic_write(files.join(self._tb_dir, name), lambda f: f.write(data))
 
   def replace(self, step: int, scalars: Dict[str, float]) -> None:
     """Writes `scalars` at `step`, first dropping the values of the same names logged at that step before
@@ -157,6 +171,9 @@ class MetricWriter:
       if self._jsonl is not None:
         self._jsonl.close()
       self._tb.close()
+      if self._remote:
+        self._upload_events()
+        shutil.rmtree(self._tb_local, ignore_errors=True)
 
 
 def read_jsonl(path: str) -> List[Dict[str, float]]:

@@ -77,10 +77,13 @@ def _check_remote_workdir(workdir: str) -> None:
     files.check_remote_writable(workdir)
   except ImportError as e:
     raise UserError(f"workdir {workdir} needs a client library for its scheme ({first_line(e, 120)}): pip install "
-                    "-e .[cloud] (gcsfs, google-cloud-storage)") from None
+                    "-e .[cloud] (gcsfs)") from None
   except NotImplementedError as e:  # etils.epath: a scheme it does not know
     raise UserError(f"workdir {workdir}: {first_line(e, 160)}; or use a local folder") from None
-  except Exception as e:  # noqa: BLE001 - no bucket, no credentials, no permission: whatever the client says
+  except FileNotFoundError:
+    raise UserError(f"workdir {workdir} cannot be written: its bucket does not exist (create it, or check the "
+                    "name)") from None
+  except Exception as e:  # noqa: BLE001 - no credentials, no permission: whatever the client says
     raise UserError(f"workdir {workdir} cannot be written ({type(e).__name__}: {first_line(e, 160)}): check the "
                     "bucket's name and your credentials (gcloud auth application-default login)") from None
 
