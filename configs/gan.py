@@ -34,6 +34,11 @@ def get_config(arg=None):
   config.data.manual_dir = ""  # '' = the dataset's default local folder (e.g. Debian's)
   config.data.download = True  # let TFDS download when the data is not local
   config.data.num_shards = 0  # 0: one per process; fixed (e.g. 8): the same data order on any process count
+  # memory: each process's shards loaded into host memory; streaming: read example by example from an
+  # ArrayRecord copy (tlgan.streaming), same batches; auto: streaming for ArrayRecord data over 1/4 of host memory
+  config.data.pipeline = "auto"
+  config.data.file_format = ""  # how tlgan prepares a dataset: '' (TFDS's default, TFRecord) or 'array_record'
+  config.data.workers = 0  # streaming: 0 reads with threads in this process; N > 0 with N worker processes
 
   config.model = ml_collections.ConfigDict()
   config.model.latent_dim = 100

@@ -33,3 +33,27 @@ def test_written_files_have_the_mode_of_a_plain_open(tmp_path, umask):
   for name in ("summary.json", "grid.png", "w.msgpack"):
     assert mode(tmp_path / name) == expected, name
   assert sorted(os.listdir(tmp_path)) == ["grid.png", "plain", "summary.json", "w.msgpack"]  # no temporaries
+
+
+@pytest.mark.parametrize("workdir, words", [
+    ("foo://bucket/run", "tlgan does not write to foo:// URLs"),
+    ("file:///tmp/run", "give a local path without 'file://'"),
+    ("gs://", "names no bucket"),
+    ("gs:///run", "names no bucket"),
+])
+def test_a_workdir_url_tlgan_cannot_use_is_one_line_and_creates_nothing(tmp_path, monkeypatch, workdir, words):
+  """Without the check, 'foo://bucket/run' became a local folder 'foo:' in the current directory."""
+  from tlgan.errors import UserError
+  from tlgan.trainers import loop
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(UserError) as error:
+    loop.check_workdir(workdir)
+  assert words in str(error.value) and "\n" not in str(error.value)
+  assert os.listdir(tmp_path) == []
+
+
+def test_url_paths_stay_urls():
+  from tlgan import files
+  assert files.is_remote("gs://b/run") and not files.is_remote("runs/gan") and not files.is_remote("foo://x")
+  assert files.absolute("gs://b/run/") == "gs://b/run" and files.join("gs://b/run/", "checkpoints") == "gs://b/run/checkpoints"
+  assert files.absolute("runs/gan") == os.path.abspath("runs/gan")

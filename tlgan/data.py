@@ -195,20 +195,28 @@ class MnistIdx(_IdxBuilderMixin, tfds.image_classification.MNIST):
 _IDX_BUILDERS = {"fashion_mnist": FashionMnistIdx, "mnist": MnistIdx}
 
 
+FILE_FORMATS = ("", "tfrecord", "array_record")
+
+
 def get_builder(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
-                download: bool = True) -> tfds.core.DatasetBuilder:
-  """A prepared TFDS builder for `name`, preparing it from a local folder or a download if needed."""
+                download: bool = True, file_format: str = "") -> tfds.core.DatasetBuilder:
+  """A prepared TFDS builder for `name`, preparing it from a local folder or a download if needed, in
+  `file_format` ('' TFDS's default, TFRecord; 'array_record' for random access: `tlgan.streaming`). A dataset
+  already prepared in `data_dir` is used in the format it has."""
+  if file_format not in FILE_FORMATS:
+    raise ConfigError(f"data.file_format={file_format!r}: use '' (TFDS's default), 'tfrecord' or 'array_record'")
+  formats = {"file_format": file_format} if file_format else {}
   ds_spec = spec(name)
   data_dir = data_dir or default_data_dir()
   for what, folder in (("data.data_dir", data_dir), ("data.manual_dir", manual_dir)):
     if folder and os.path.exists(folder) and not os.path.isdir(folder):
       raise DataUnavailableError(f"{what}={folder} is a file, not a folder: point --config.{what} at a folder")
-  builder = tfds.builder(name, data_dir=data_dir)
+  builder = tfds.builder(name, data_dir=data_dir, **formats)
   if builder.is_prepared():
     return builder
   manual_dir = manual_dir or ds_spec.local_dir
   if name in _IDX_BUILDERS and manual_dir and os.path.isdir(manual_dir):
-    idx_builder = _IDX_BUILDERS[name](data_dir=data_dir)
+    idx_builder = _IDX_BUILDERS[name](data_dir=data_dir, **formats)
     if not idx_builder.is_prepared():
       logging.info("Preparing %s from the IDX files in %s", name, manual_dir)
       idx_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -231,6 +239,14 @@ def get_builder(name: str, data_dir: Optional[str] = None, manual_dir: Optional[
   except Exception as e:  # TFDS raises many kinds of network errors; all mean the same thing here.
     raise DataUnavailableError(f"{message} (download failed: {type(e).__name__})") from e
   return builder
+
+
+def is_tfds(name: str) -> bool:
+  return name not in ("digits", "digits28")
+
+
+def is_array_record(builder) -> bool:
+  return str(builder.info.file_format).lower().endswith("array_record")
 
 
 def _online(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0) -> bool:
@@ -284,16 +300,20 @@ def subset_per_class(images: np.ndarray, labels: np.ndarray, per_class: int, see
 
 
 def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
-               download: bool = True, process_index: int = 0,
-               process_count: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+               download: bool = True, process_index: int = 0, process_count: int = 1,
+               file_format: str = "") -> Tuple[np.ndarray, np.ndarray]:
   """This process's shard of a split, in memory: (uint8 images NHWC, int32 labels)."""
-  if name in ("digits", "digits28"):
+  if not is_tfds(name):
     images, labels = load_digits_split(split)
     if name == "digits28":
       images = resize_uint8(images, 28)
     return images[process_index::process_count], labels[process_index::process_count]
-  builder = get_builder(name, data_dir, manual_dir, download)
+  builder = get_builder(name, data_dir, manual_dir, download, file_format)
   shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+  if is_array_record(builder):  # no tf.data reader for ArrayRecord: the examples in order, by index
+    from tlgan import streaming
+    source = streaming.open_source(builder, shard)
+    return streaming.read_images(source, range(len(source))), streaming.read_labels(source, range(len(source)))
   try:
     chunks = list(tfds.as_numpy(builder.as_dataset(split=shard, shuffle_files=False).batch(8192)))
   except (tf.errors.OpError, OSError) as e:  # a damaged or truncated prepared dataset (DataLossError, ...)

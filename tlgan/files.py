@@ -17,12 +17,33 @@ import re
 import tempfile
 from typing import Callable, List
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+SCHEMES = ("gs", "s3", "az")  # the object stores etils.epath writes to
+
+
+def scheme(path) -> str:
+  """'gs' for gs://bucket/run, '' for a local path."""
+  match = _SCHEME.match(os.fspath(path))
+  return match.group(1) if match else ""
 
 
 def is_remote(path) -> bool:
-  """Whether `path` is a URL (gs://bucket/run), not a local path."""
-  return bool(_SCHEME.match(os.fspath(path)))
+  """Whether `path` is a URL of an object store tlgan writes to (gs://bucket/run), not a local path."""
+  return scheme(path) in SCHEMES
+
+
+def check_url(path: str, what: str) -> None:
+  """Raises ValueError naming the problem when `path` looks like a URL tlgan cannot use: an unknown scheme
+  (which would otherwise become a local folder named 'foo:'), or no bucket."""
+  name = scheme(path)
+  if not name:
+    return
+  if name not in SCHEMES:
+    raise ValueError(f"{what} {path}: tlgan does not write to {name}:// URLs (only to local folders and "
+                     f"{', '.join(s + '://' for s in SCHEMES)}); give a local path without '{name}://'")
+  bucket = os.fspath(path)[len(name) + 3:].split("/", 1)[0]
+  if not bucket:
+    raise ValueError(f"{what} {path} names no bucket: write {name}://BUCKET/FOLDER")
 
 
 def absolute(path: str) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from tlgan import (config_checks, data, feature_networks, files, param_groups, parallel, pretrained, reporting,
-                   stopping)
+                   stopping, streaming)
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.losses import LOSSES
@@ -37,7 +37,7 @@ DISCRIMINATORS = ("dcgan", "projected")
 CHOICES = {
     "data.name": data.DATASETS, "loss": LOSSES, "model.discriminator": DISCRIMINATORS,
     "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "model.d_trunk_stages": STAGES,
-    "parallel.mode": parallel.MODES,
+    "parallel.mode": parallel.MODES, "data.pipeline": streaming.PIPELINES, "data.file_format": data.FILE_FORMATS,
 }
 _N = config_checks
 # Every numeric field but the evaluation's (gan_eval.NUMBERS), by meaning.
@@ -46,6 +46,7 @@ MODEL_NUMBERS = {
     "g_lr": _N.POSITIVE, "d_lr": _N.POSITIVE, "b1": _N.FRACTION, "b2": _N.FRACTION, "ema_decay": _N.FRACTION,
     "model.latent_dim": _N.POSITIVE_INT, "model.g_features": _N.POSITIVE_INT, "model.d_features": _N.POSITIVE_INT,
     "model.d_trunk_size": _N.NON_NEGATIVE_INT, "data.num_shards": _N.NON_NEGATIVE_INT,
+    "data.workers": _N.NON_NEGATIVE_INT,
     "transfer.freeze_d_layers": _N.NON_NEGATIVE_INT, "log_every": _N.POSITIVE_INT, "sample_every": _N.POSITIVE_INT,
     "checkpoint_every": _N.POSITIVE_INT, "keep_checkpoints": _N.POSITIVE_INT, "num_sample_images": _N.POSITIVE_INT,
     "inject_nan_at_step": _N.NON_NEGATIVE_INT,
@@ -146,6 +147,36 @@ def init_from_source(config, state: gan_step.GANState, image_shape) -> gan_step.
                        ema_params=source_state.ema_params if state.ema_decay > 0 else state.ema_params)
 
 
+def training_data(config, ds_spec, per_process_batch: int, start: int):
+  """(this process's training images, for the FD floor; its batches from step `start` on), in memory or
+  streamed (`data.pipeline`): the same batches either way."""
+  d = config.data
+  where = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, download=d.download,
+               file_format=d.file_format)
+  pipeline = "memory"
+  if data.is_tfds(d.name):
+    pipeline = streaming.choose(d.pipeline, data.get_builder(d.name, **where))
+  elif d.pipeline == "streaming":
+    raise ConfigError(f"data.pipeline=streaming reads TFDS datasets prepared as ArrayRecord; {d.name} is not one: "
+                      "use data.pipeline=memory")
+  if pipeline == "streaming":
+    shards = streaming.load_shards(data.get_builder(d.name, **where), d.split, ds_spec.image_shape,
+                                   num_shards=d.num_shards, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+    for shard in shards:
+      logging.info("process %d streams %s[%s] (data shard %d): %d examples", jax.process_index(), d.name,
+                   shard.split, shard.index, len(shard.images))
+    batches = streaming.train_batches(shards, batch_size=per_process_batch, seed=config.seed, start_step=start,
+                                      workers=d.workers)
+    return streaming.ConcatenatedImages([s.images for s in shards]), batches
+  shards = data.load_shards(d.name, d.split, num_shards=d.num_shards, process_index=jax.process_index(),
+                            process_count=jax.process_count(), **where)
+  loop.log_shards(d.name, shards)
+  images = np.concatenate([s.images for s in shards])
+  return images, data.sharded_train_batches(shards, batch_size=per_process_batch, seed=config.seed,
+                                            start_step=start)
+
+
 def best_checkpoint(checkpointer: Checkpointer, evaluator) -> Any:
   """{step, FD key: value} of the checkpoint kept for its lowest FD during training (None without one)."""
   step = checkpointer.best_step() if evaluator is not None else None
@@ -163,7 +194,8 @@ def fixed_noise(config, n: int) -> jax.Array:
 # long to train (the learning rates are constant), not the parameters' trajectory. jit and pmap follow one
 # trajectory; a resumed run never initialises again (transfer.init_workdir).
 FREE_FIELDS = ("num_steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "num_sample_images",
-               "eval", "data.data_dir", "data.manual_dir", "data.download", "parallel", "transfer.init_workdir",
+               "eval", "data.data_dir", "data.manual_dir", "data.download", "data.pipeline", "data.file_format",
+               "data.workers", "parallel", "transfer.init_workdir",
                "inject_nan_at_step")
 
 
@@ -195,13 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  config.num_steps)
     return done
 
-  shards = data.load_shards(
-      config.data.name, config.data.split, num_shards=config.data.num_shards, data_dir=config.data.data_dir or None,
-      manual_dir=config.data.manual_dir or None, download=config.data.download,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  loop.log_shards(config.data.name, shards)
-  images = np.concatenate([s.images for s in shards])
-  batches = data.sharded_train_batches(shards, batch_size=sizes.per_process, seed=config.seed, start_step=start)
+  images, batches = training_data(config, ds_spec, sizes.per_process, start)
   batches = loop.poison_batches(batches, config.inject_nan_at_step, start)
   stopping.check("reading the training data")
   evaluator = None

@@ -52,6 +52,10 @@ def check_workdir(workdir: str) -> None:
   (gs://bucket/run) is checked by writing and deleting one empty object in it."""
   if not workdir or not workdir.strip():
     raise UserError("--workdir is empty: give the folder the run writes into, e.g. --workdir=runs/gan")
+  try:
+    files.check_url(workdir, "workdir")
+  except ValueError as e:
+    raise UserError(str(e)) from None
   if files.is_remote(workdir):
     _check_remote_workdir(workdir)
     return
@@ -78,8 +82,6 @@ def _check_remote_workdir(workdir: str) -> None:
   except ImportError as e:
     raise UserError(f"workdir {workdir} needs a client library for its scheme ({first_line(e, 120)}): pip install "
                     "-e .[cloud] (gcsfs)") from None
-  except NotImplementedError as e:  # etils.epath: a scheme it does not know
-    raise UserError(f"workdir {workdir}: {first_line(e, 160)}; or use a local folder") from None
   except FileNotFoundError:
     raise UserError(f"workdir {workdir} cannot be written: its bucket does not exist (create it, or check the "
                     "name)") from None
