@@ -34,6 +34,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tlgan.errors import ConfigError, UserError, first_line
+from tlgan.shuffle import process_shards  # noqa: F401 - which shards a process owns (no TensorFlow needed)
 
 tf.config.set_visible_devices([], "GPU")  # tf.data only: leave the accelerators to JAX.
 
@@ -381,16 +382,6 @@ class Shard:
   split: str  # the TFDS split it is, e.g. 'train[30000:60000]'
   images: np.ndarray
   labels: np.ndarray
-
-
-def process_shards(num_shards: int, process_index: int, process_count: int) -> range:
-  """The shards process `process_index` owns: a contiguous, equal share."""
-  num_shards = num_shards or process_count
-  if num_shards % process_count:
-    raise ConfigError(f"data.num_shards={num_shards} does not split over {process_count} processes: set it to "
-                      f"a multiple of {process_count} (or 0: one shard per process)")
-  k = num_shards // process_count
-  return range(process_index * k, (process_index + 1) * k)
 
 
 def load_shards(name: str, split: str, *, num_shards: int = 0, process_index: int = 0, process_count: int = 1,

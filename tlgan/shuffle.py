@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from tlgan.errors import ConfigError
+
 _Z = 0x7369F885192C0EF5  # Simon's constant sequence z (one bit per round)
 _C = 0xFFFFFFFC
 
@@ -88,3 +90,13 @@ def stream_indices(step: int, batch_size: int, num_examples: int, seed: int, str
     rows = epochs == epoch
     out[rows] = index_shuffle(positions[rows] % num_examples, (seed, int(epoch), stream), num_examples - 1)
   return out
+
+
+def process_shards(num_shards: int, process_index: int, process_count: int) -> range:
+  """The shards process `process_index` owns: a contiguous, equal share."""
+  num_shards = num_shards or process_count
+  if num_shards % process_count:
+    raise ConfigError(f"data.num_shards={num_shards} does not split over {process_count} processes: set it to "
+                      f"a multiple of {process_count} (or 0: one shard per process)")
+  k = num_shards // process_count
+  return range(process_index * k, (process_index + 1) * k)

@@ -99,10 +99,9 @@ def load_shards(builder, split: str, image_shape, *, num_shards: int = 0, proces
                 process_count: int = 1) -> List[StreamShard]:
   """This process's shards of `split` (`num_shards` 0: one per process), opened for random access."""
   import tensorflow_datasets as tfds
-  from tlgan import data
   total = num_shards or process_count
   shards = []
-  for j in data.process_shards(num_shards, process_index, process_count):
+  for j in shuffle.process_shards(num_shards, process_index, process_count):
     name = tfds.split_for_jax_process(split, process_index=j, process_count=total)
     source = open_source(builder, name)
     spec = split if total == 1 else f"{split}, shard {j + 1} of {total}"
