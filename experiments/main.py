@@ -45,10 +45,15 @@ _CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_
                   "OMPI_COMM_WORLD_SIZE")
 
 
-def trainers():
-  from tlgan.trainers import classifier, gan, style, transfer_study
-  return {"gan": gan.train_and_evaluate, "classifier": classifier.train_and_evaluate,
-          "transfer_study": transfer_study.train_and_evaluate, "style": style.train_and_evaluate}
+TRAINERS = {"gan": "tlgan.trainers.gan", "classifier": "tlgan.trainers.classifier",
+            "transfer_study": "tlgan.trainers.transfer_study", "style": "tlgan.trainers.style"}
+
+
+def trainer(experiment: str):
+  """The experiment's train_and_evaluate, importing only its own trainer (a GAN run on ArrayRecord data needs
+  no TensorFlow; the classifier's augmentations do)."""
+  import importlib
+  return importlib.import_module(TRAINERS[experiment]).train_and_evaluate
 
 
 class _QuietLibraries:
@@ -102,12 +107,11 @@ def main(argv):
   logging.info("JAX %s, backend %s, process %d of %d, devices: %s", jax.__version__, jax.default_backend(),
                jax.process_index(), jax.process_count(), jax.devices())
   logging.info("Config:\n%s", config)
-  table = trainers()
 
   def work() -> int:
-    if config.experiment not in table:
-      raise UserError(f"unknown experiment {config.experiment!r} in the config: use one of {sorted(table)}")
-    summary = table[config.experiment](config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+    if config.experiment not in TRAINERS:
+      raise UserError(f"unknown experiment {config.experiment!r} in the config: use one of {sorted(TRAINERS)}")
+    summary = trainer(config.experiment)(config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
     return stopping.EXIT_STOPPED if summary.get("status") == "preempted" else 0
 
   return cli.guarded(work, verbose=FLAGS.verbose)

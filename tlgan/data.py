@@ -18,6 +18,8 @@ to skip), and with a fixed `num_shards` the data order does not depend on the nu
 Augmentations draw from stateless RNGs seeded by (seed, step, shard) for the same reason.
 """
 
+from __future__ import annotations  # annotations name tf.Tensor without importing TensorFlow
+
 import dataclasses
 import gzip
 import hashlib
@@ -30,13 +32,23 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tlgan.errors import ConfigError, UserError, first_line
 from tlgan.shuffle import process_shards  # noqa: F401 - which shards a process owns (no TensorFlow needed)
 
-tf.config.set_visible_devices([], "GPU")  # tf.data only: leave the accelerators to JAX.
+_TF_CONFIGURED = False
+
+
+def _tf():
+  """TensorFlow, imported when a tf.data pipeline is first built: reading an ArrayRecord dataset (the streaming
+  path, `load_split` of such a copy) needs none, and runs where TensorFlow is not installed."""
+  global _TF_CONFIGURED
+  import tensorflow as tf
+  if not _TF_CONFIGURED:
+    tf.config.set_visible_devices([], "GPU")  # tf.data only: leave the accelerators to JAX.
+    _TF_CONFIGURED = True
+  return tf
 
 Batch = Dict[str, np.ndarray]
 
@@ -315,6 +327,7 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_
     from tlgan import streaming
     source = streaming.open_source(builder, shard)
     return streaming.read_images(source, range(len(source))), streaming.read_labels(source, range(len(source)))
+  tf = _tf()
   try:
     chunks = list(tfds.as_numpy(builder.as_dataset(split=shard, shuffle_files=False).batch(8192)))
   except (tf.errors.OpError, OSError) as e:  # a damaged or truncated prepared dataset (DataLossError, ...)
@@ -334,12 +347,14 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_
 
 def to_gan_range(batch: Dict[str, tf.Tensor], step: tf.Tensor, stream: int = 0) -> Dict[str, tf.Tensor]:
   """uint8 [0, 255] -> float32 [-1, 1]."""
+  tf = _tf()
   del step, stream
   return {"image": tf.cast(batch["image"], tf.float32) / 127.5 - 1.0, "label": batch["label"]}
 
 
 def stream_indices(step: tf.Tensor, batch_size: int, num_examples: int, seed: int, stream: int = 0) -> tf.Tensor:
   """Indices of batch `step` in the stream of per-epoch stateless permutations of shard `stream`."""
+  tf = _tf()
   positions = tf.range(batch_size, dtype=tf.int64) + tf.cast(step, tf.int64) * batch_size
   epochs = positions // num_examples
   seeds = tf.stack([tf.fill(tf.shape(epochs), tf.constant(seed, tf.int64)), epochs,
@@ -355,6 +370,7 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, se
 
   `map_fn(batch, step, stream)` preprocesses each batch (augmentation seeded by its arguments).
   """
+  tf = _tf()
   n = len(images)
   if batch_size <= 0:
     raise ConfigError(f"batch size must be positive, got {batch_size}")
@@ -399,6 +415,7 @@ def load_shards(name: str, split: str, *, num_shards: int = 0, process_index: in
 def sharded_train_batches(shards: List[Shard], *, batch_size: int, seed: int, start_step: int = 0,
                           map_fn: Callable = to_gan_range) -> Iterator[Batch]:
   """This process's part of each global batch (`batch_size` examples): its shards' parts, in shard order."""
+  tf = _tf()
   if batch_size % len(shards):
     raise ConfigError(f"the per-process batch {batch_size} does not split over this process's {len(shards)} "
                       f"data shards: make batch_size a multiple of data.num_shards")
@@ -423,6 +440,7 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, map
   """One pass in order, padded to `num_batches` batches (default: as few as hold the images); `mask` marks
   the real examples. Processes with shards of unequal size pass the same `num_batches`, so they run the same
   number of (collective) evaluation steps and padding is never counted."""
+  tf = _tf()
   n = len(images)
   num_batches = -(-n // batch_size) if num_batches is None else num_batches
   pad = num_batches * batch_size - n
