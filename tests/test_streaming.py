@@ -134,23 +134,29 @@ def test_choosing_the_pipeline(copies):
     streaming.choose("streaming", tfrecord)
   with pytest.raises(ConfigError, match="data.pipeline='disk'"):
     streaming.choose("disk", tfrecord)
+  with pytest.raises(ConfigError, match="data.workers=100000 processes"):
+    _streamed_batches(copies, 1, 0, workers=100000)
 
 
 @pytest.mark.slow
-def test_a_gan_trained_on_the_stream_equals_the_gan_trained_in_memory(copies, tmp_path):
+def test_a_gan_trained_and_resumed_on_the_stream_equals_the_gan_trained_in_memory(copies, tmp_path):
   from tests.helpers import smoke_gan
   from tlgan.checkpoint import Checkpointer
   from tlgan.trainers import gan as gan_trainer
   where, folder = copies
   states = {}
   for pipeline, file_format in (("memory", "tfrecord"), ("streaming", "array_record")):
-    config = smoke_gan(num_steps=6, checkpoint_every=6, log_every=3, **{
-        "eval.enabled": False, "data.manual_dir": folder, "data.data_dir": where[file_format],
-        "data.pipeline": pipeline, "data.download": False})
+    def config(steps):
+      return smoke_gan(num_steps=steps, checkpoint_every=3, log_every=3, **{
+          "eval.enabled": False, "data.manual_dir": folder, "data.data_dir": where[file_format],
+          "data.pipeline": pipeline, "data.download": False})
     workdir = str(tmp_path / pipeline)
-    summary = gan_trainer.train_and_evaluate(config, workdir)
+    if pipeline == "streaming":  # and resumed half-way
+      assert gan_trainer.train_and_evaluate(config(3), workdir)["status"] == "completed"
+    summary = gan_trainer.train_and_evaluate(config(6), workdir)
     assert summary["status"] == "completed"
-    state = gan_trainer.build_state(config, (28, 28, 1))
+    assert summary.get("resumed_from_step") == (3 if pipeline == "streaming" else None)
+    state = gan_trainer.build_state(config(6), (28, 28, 1))
     states[pipeline], step = Checkpointer(os.path.join(workdir, "checkpoints"), {}).restore_latest(state)
     assert step == 6
   for a, b in zip(jax.tree.leaves(states["memory"]), jax.tree.leaves(states["streaming"])):

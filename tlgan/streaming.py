@@ -131,6 +131,9 @@ def train_batches(shards: Sequence[StreamShard], *, batch_size: int, seed: int, 
   """Endless batches `start_step, start_step + 1, ...` through Grain: a MapDataset over step numbers whose
   elements are `batch_at(step)`, read ahead by `threads` threads, or by `workers` processes when > 0."""
   import grain
+  cores = os.cpu_count() or 1
+  if workers > 4 * cores:
+    raise ConfigError(f"data.workers={workers} processes on {cores} CPU cores: use at most {4 * cores} (or 0: threads)")
   if batch_size % len(shards):
     raise ConfigError(f"the per-process batch {batch_size} does not split over this process's {len(shards)} "
                       f"data shards: make batch_size a multiple of data.num_shards")

@@ -153,14 +153,15 @@ def training_data(config, ds_spec, per_process_batch: int, start: int):
   d = config.data
   where = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, download=d.download,
                file_format=d.file_format)
-  pipeline = "memory"
+  pipeline, builder = "memory", None
   if data.is_tfds(d.name):
-    pipeline = streaming.choose(d.pipeline, data.get_builder(d.name, **where))
+    builder = data.get_builder(d.name, **where)
+    pipeline = streaming.choose(d.pipeline, builder)
   elif d.pipeline == "streaming":
     raise ConfigError(f"data.pipeline=streaming reads TFDS datasets prepared as ArrayRecord; {d.name} is not one: "
                       "use data.pipeline=memory")
   if pipeline == "streaming":
-    shards = streaming.load_shards(data.get_builder(d.name, **where), d.split, ds_spec.image_shape,
+    shards = streaming.load_shards(builder, d.split, ds_spec.image_shape,
                                    num_shards=d.num_shards, process_index=jax.process_index(),
                                    process_count=jax.process_count())
     for shard in shards:
