@@ -43,3 +43,15 @@ def test_nohup_keeps_sighup_ignored():
       assert signal.getsignal(signal.SIGTERM) == stopping._handle
   finally:
     signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_block_puts_back_handlers_installed_before_it(monkeypatch):
+  """Research code calls install(), then jax.distributed.initialize (whose C++ notifier hides SIGTERM from
+  Python while Python still reports tlgan's handler), then a trainer: the trainer's block must re-install."""
+  monkeypatch.setattr(stopping, "_depth", 1)  # as after install()
+  monkeypatch.setattr(signal, "getsignal", lambda s: stopping._handle)  # what Python reports over the notifier
+  installed = []
+  monkeypatch.setattr(signal, "signal", lambda s, handler: installed.append((s, handler)))
+  with stopping.handlers():
+    pass
+  assert sorted(installed) == sorted((s, stopping._handle) for s in stopping.SIGNALS)

@@ -7,7 +7,9 @@ difference, and nothing in the workdir is changed. A checkpoint that fails to lo
 files) is reported with its step and skipped in favour of the one before it; when training reaches that step
 again, the damaged folder is moved to `<directory>_damaged/` first. Orbax writes each checkpoint to a
 temporary folder and renames it when complete, so a write killed halfway never looks finished (and the
-leftover folder is removed by the next save of that step).
+leftover folder is removed by the next save of that step); in an object store (gs://), which cannot rename,
+it writes `commit_success.txt` last and ignores a step folder without it. The directory may be a local path or
+a URL (`tlgan.files`).
 
 With `best_metric` (e.g. 'fd', lower is better), checkpoints saved with that metric compete: besides the
 last `max_to_keep`, the best one is kept (Orbax's preservation policies: LatestN or BestN), and

@@ -118,12 +118,17 @@ def install() -> None:
 @contextlib.contextmanager
 def handlers():
   """Installs the stop handlers for the duration of the block when nothing did before (code that calls a
-  trainer itself); the previous handlers come back after it."""
+  trainer itself); the previous handlers come back after it. Handlers installed before (`install()`) are
+  put back in force (`reclaim`): research code may have called `jax.distributed.initialize` after them."""
   global _depth, _requested
   if threading.current_thread() is not threading.main_thread():  # e.g. a notebook worker: no handlers
     yield
     return
-  previous = _install() if _depth == 0 else {}
+  previous = {}
+  if _depth == 0:
+    previous = _install()
+  else:  # installed before, perhaps before jax.distributed.initialize put its notifier over them
+    reclaim()
   _depth += 1
   try:
     yield
