@@ -34,6 +34,9 @@ def get_config(arg=None):
   config.data.manual_dir = ""
   config.data.download = True
   config.data.num_shards = 0  # 0: one per process; fixed (e.g. 8): the same data order on any process count
+  config.data.pipeline = "auto"  # memory | streaming (from an ArrayRecord copy, same batches) | auto
+  config.data.file_format = ""  # how tlgan prepares a dataset: '' (TFDS's default, TFRecord) or 'array_record'
+  config.data.workers = 0  # streaming: 0 reads with threads in this process; N > 0 with N worker processes
 
   config.model = ml_collections.ConfigDict()
   config.model.arch = "resnet18"

@@ -98,6 +98,31 @@ def test_a_worker_process_streams_the_same_batches(copies):
     _assert_same(next(memory), next(streamed))
 
 
+def test_the_classifiers_augmented_batches_stream_the_same(copies):
+  """Random shifts and flips seeded by (seed, step, shard): TensorFlow's in memory, NumPy's on the stream."""
+  from tlgan import host_preprocessing
+  from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, classifier_map_fn
+  kwargs = dict(image_size=32, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, train=True, crop_padding=2,
+                flip=True, seed=SEED)
+  where, folder = copies
+  next(_memory_batches(copies, 2, 0))
+  memory = data.sharded_train_batches(_LOADED[2], batch_size=BATCH, seed=SEED, start_step=20,
+                                      map_fn=classifier_map_fn(**kwargs))
+  shards = streaming.load_shards(_builder(copies, "array_record"), "train", (28, 28, 1), num_shards=2)
+  streamed = streaming.train_batches(shards, batch_size=BATCH, seed=SEED, start_step=20,
+                                     map_fn=host_preprocessing.classifier_fn(**kwargs))
+  for _ in range(8):  # into the next epoch
+    _assert_same(next(memory), next(streamed))
+  x, y = data.load_split("fashion_mnist", "test", data_dir=where["tfrecord"], manual_dir=folder, download=False)
+  eval_kwargs = {**kwargs, "train": False}
+  tf_eval = data.eval_batches(x, y, batch_size=24, map_fn=classifier_map_fn(**eval_kwargs), num_batches=4)
+  np_eval = streaming.eval_batches(x, y, batch_size=24, map_fn=host_preprocessing.classifier_fn(**eval_kwargs),
+                                   num_batches=4)
+  for a, b in zip(tf_eval, np_eval, strict=True):
+    _assert_same(a, b)
+    np.testing.assert_array_equal(a["mask"], b["mask"])
+
+
 def test_two_processes_read_disjoint_rows_that_make_the_one_process_batch(copies):
   """With data.num_shards=2, process p of 2 owns shard p: its rows are its half of the global batch."""
   builder = _builder(copies, "array_record")
@@ -202,3 +227,27 @@ def test_training_and_evaluation_on_array_record_data_need_no_tensorflow(copies,
     summary = json.load(f)
   assert summary["status"] == "completed" and summary["step"] == 4
   assert all(np.isfinite(v) for v in summary["final_eval"]["generated"].values())
+
+
+@pytest.mark.slow
+def test_a_classifier_trained_on_the_stream_equals_the_classifier_trained_in_memory(copies, tmp_path):
+  """With augmentation, evaluation and a checkpoint: the same parameters and test accuracy."""
+  from configs import transfer
+  from tests.helpers import override
+  from tlgan.checkpoint import Checkpointer
+  from tlgan.trainers import classifier
+  where, folder = copies
+  results = {}
+  for pipeline, file_format in (("memory", "tfrecord"), ("streaming", "array_record")):
+    config = override(transfer.get_config("smoke"), **{
+        "num_steps": 3, "checkpoint_every": 3, "data.manual_dir": folder, "data.data_dir": where[file_format],
+        "data.pipeline": pipeline, "data.download": False, "augment.crop_padding": 2, "augment.flip": True})
+    summary = classifier.train_and_evaluate(config, str(tmp_path / pipeline))
+    assert summary["status"] == "completed" and summary["test_examples"] == N_TEST
+    state, _ = classifier.build_state(config, 10, 3, 25)
+    state, step = Checkpointer(str(tmp_path / pipeline / "checkpoints"), {}).restore_latest(state)
+    assert step == 3
+    results[pipeline] = (summary["test_accuracy"], state)
+  assert results["memory"][0] == results["streaming"][0]
+  for a, b in zip(jax.tree.leaves(results["memory"][1]), jax.tree.leaves(results["streaming"][1])):
+    np.testing.assert_array_equal(a, b)

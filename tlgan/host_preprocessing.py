@@ -11,7 +11,8 @@ Two pieces of TensorFlow are re-implemented, and the tests hold each to TensorFl
 `source_size` (area downsampling first) has no port: `classifier_fn` refuses it.
 """
 
-from typing import Callable, Dict, Sequence, Tuple
+import dataclasses
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -120,39 +121,54 @@ def crop_and_resize(images: np.ndarray, boxes: np.ndarray, size: int, extrapolat
 
 def classifier_fn(*, image_size: int, channels: int = 3, mean: Sequence[float], std: Sequence[float],
                   train: bool = False, crop_padding: int = 0, flip: bool = False, seed: int = 0,
-                  source_size: int = 0) -> Callable:
+                  source_size: int = 0) -> "ClassifierPreprocessing":
   """`classifier_map_fn` with the same arguments, on NumPy batches:
   fn({'image': uint8 NHWC, 'label'}, step, stream=0) -> {'image': float32 normalised, 'label'}."""
   if source_size:
     raise ConfigError("data.source_size (area downsampling) has no TensorFlow-free port: read such a dataset "
                       "from memory (data.pipeline=memory)")
-  f = np.float32
-  mean_f, std_f = np.asarray(mean[:channels], f), np.asarray(std[:channels], f)
+  return ClassifierPreprocessing(image_size, channels, tuple(mean[:channels]), tuple(std[:channels]), train,
+                                 crop_padding, flip, seed)
 
-  def fn(batch: Dict[str, np.ndarray], step: int, stream: int = 0) -> Dict[str, np.ndarray]:
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierPreprocessing:
+  """A picklable preprocessing function (Grain sends it to its worker processes); see `classifier_fn`."""
+  image_size: int
+  channels: int
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+  train: bool
+  crop_padding: int
+  flip: bool
+  seed: int
+
+  def __call__(self, batch: Dict[str, np.ndarray], step: int, stream: int = 0) -> Dict[str, np.ndarray]:
+    f = np.float32
     images = batch["image"].astype(f) / f(255.0)
-    if images.shape[-1] == 1 and channels == 3:
+    if images.shape[-1] == 1 and self.channels == 3:
       images = np.repeat(images, 3, axis=-1)
     n, h, w = images.shape[:3]
+    size = self.image_size
     shifts = np.zeros((n, 2), f)
     flips = None
-    if train and (crop_padding > 0 or flip):
-      seeds = np.array([seed, step], np.int64)
+    if self.train and (self.crop_padding > 0 or self.flip):
+      seeds = np.array([self.seed, step], np.int64)
       if stream:
         seeds = fold_in(seeds, stream)
       crop_seed, flip_seed = split(seeds, 2)
-      if crop_padding > 0:
-        shifts = uniform_int32(crop_seed, 2 * n, -crop_padding, crop_padding + 1).reshape(n, 2).astype(f)
-      if flip:
+      if self.crop_padding > 0:
+        p = self.crop_padding
+        shifts = uniform_int32(crop_seed, 2 * n, -p, p + 1).reshape(n, 2).astype(f)
+      if self.flip:
         flips = uniform_float32(flip_seed, n) < f(0.5)
-    sy, sx = h / image_size, w / image_size  # as classifier_map_fn: Python floats, then float32 constants
+    sy, sx = h / size, w / size  # as classifier_map_fn: Python floats, then float32 constants
     y0 = (f(0.5 * sy - 0.5) + shifts[:, 0] * f(sy)) / f(max(h - 1, 1))
     x0 = (f(0.5 * sx - 0.5) + shifts[:, 1] * f(sx)) / f(max(w - 1, 1))
-    y1 = y0 + f((image_size - 1) * sy / max(h - 1, 1))
-    x1 = x0 + f((image_size - 1) * sx / max(w - 1, 1))
-    images = crop_and_resize(images, np.stack([y0, x0, y1, x1], axis=1), image_size)
+    y1 = y0 + f((size - 1) * sy / max(h - 1, 1))
+    x1 = x0 + f((size - 1) * sx / max(w - 1, 1))
+    images = crop_and_resize(images, np.stack([y0, x0, y1, x1], axis=1), size)
     if flips is not None:
       images = np.where(flips[:, None, None, None], images[:, :, ::-1, :], images)
-    return {"image": (images - mean_f) / std_f, "label": batch["label"]}
-
-  return fn
+    mean, std = np.asarray(self.mean, f), np.asarray(self.std, f)
+    return {"image": (images - mean) / std, "label": batch["label"]}

@@ -9,14 +9,14 @@ in-memory batch of the same step: resume stays exact, and the two paths can be s
 (An ArrayRecord copy prepared by TFDS holds the examples in the order of a TFRecord copy of the same version,
 so a run streams the same batches it read into memory before.)
 
-Preprocessing: the GAN's (uint8 -> [-1, 1] in float32, the same operations as TensorFlow's). The
-classifier's augmentations run in TensorFlow and have no port yet: `check_supported` refuses them.
+Preprocessing, bit for bit the in-memory path's: the GAN's (uint8 -> [-1, 1] in float32, TensorFlow's
+operations) and the classifier's with its (seed, step, shard) augmentations (`tlgan.host_preprocessing`).
 """
 
 import dataclasses
 import logging
 import os
-from typing import Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -114,22 +114,51 @@ def to_gan_range(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
-def batch_at(shards: Sequence[StreamShard], step: int, batch_size: int, seed: int) -> Dict[str, np.ndarray]:
-  """This process's part of global batch `step` (`batch_size` examples, its shards' parts in shard order)."""
+def gan_preprocessing(batch: Dict[str, np.ndarray], step: int, stream: int = 0) -> Dict[str, np.ndarray]:
+  """`tlgan.data.to_gan_range` on NumPy batches (the default `map_fn`)."""
+  del step, stream
+  return {"image": to_gan_range(batch["image"]), "label": batch["label"]}
+
+
+def batch_at(shards: Sequence[StreamShard], step: int, batch_size: int, seed: int,
+             map_fn: Callable = gan_preprocessing) -> Dict[str, np.ndarray]:
+  """This process's part of global batch `step` (`batch_size` examples): each shard's part, preprocessed by
+  `map_fn(part, step, shard index)` as the in-memory path does, in shard order."""
   per_shard = batch_size // len(shards)
-  images, labels = [], []
+  parts = []
   for shard in shards:
     idx = shuffle.stream_indices(step, per_shard, len(shard.images), seed, shard.index)
     records = _records(shard.source, idx)
-    images.append(np.stack([np.asarray(r["image"], np.uint8) for r in records]))
-    labels.append(np.asarray([r["label"] for r in records], np.int32))
-  return {"image": to_gan_range(np.concatenate(images)), "label": np.concatenate(labels)}
+    part = {"image": np.stack([np.asarray(r["image"], np.uint8) for r in records]),
+            "label": np.asarray([r["label"] for r in records], np.int32)}
+    parts.append(map_fn(part, step, shard.index))
+  return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, map_fn: Callable = gan_preprocessing,
+                 num_batches: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+  """`tlgan.data.eval_batches` without TensorFlow: one pass in order, padded to `num_batches` batches, `mask`
+  marking the real examples (the same batches, bit for bit)."""
+  n = len(images)
+  num_batches = -(-n // batch_size) if num_batches is None else num_batches
+  if num_batches * batch_size < n:
+    raise ValueError(f"{num_batches} batches of {batch_size} cannot hold {n} images")
+  for b in range(num_batches):
+    rows = slice(b * batch_size, (b + 1) * batch_size)
+    x, y = np.asarray(images[rows]), np.asarray(labels[rows])
+    pad = batch_size - len(x)
+    mask = np.concatenate([np.ones(len(x), bool), np.zeros(pad, bool)])
+    x = np.concatenate([x, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    y = np.concatenate([y, np.zeros(pad, labels.dtype)])
+    yield {**map_fn({"image": x, "label": y}, 0), "mask": mask}
 
 
 def train_batches(shards: Sequence[StreamShard], *, batch_size: int, seed: int, start_step: int = 0,
-                  workers: int = 0, threads: int = 4, prefetch: int = 8) -> Iterator[Dict[str, np.ndarray]]:
+                  map_fn: Callable = gan_preprocessing, workers: int = 0, threads: int = 4,
+                  prefetch: int = 8) -> Iterator[Dict[str, np.ndarray]]:
   """Endless batches `start_step, start_step + 1, ...` through Grain: a MapDataset over step numbers whose
-  elements are `batch_at(step)`, read ahead by `threads` threads, or by `workers` processes when > 0."""
+  elements are `batch_at(step)`, read ahead by `threads` threads, or by `workers` processes when > 0
+  (`map_fn` must then be picklable: a module-level function or a `ClassifierPreprocessing`)."""
   import grain
   cores = os.cpu_count() or 1
   if workers > 4 * cores:
@@ -138,7 +167,7 @@ def train_batches(shards: Sequence[StreamShard], *, batch_size: int, seed: int, 
     raise ConfigError(f"the per-process batch {batch_size} does not split over this process's {len(shards)} "
                       f"data shards: make batch_size a multiple of data.num_shards")
   steps = grain.MapDataset.range(start_step, np.iinfo(np.int64).max // 2)
-  batches = steps.map(_BatchAt(list(shards), batch_size, seed))
+  batches = steps.map(_BatchAt(list(shards), batch_size, seed, map_fn))
   batches = batches.to_iter_dataset(grain.ReadOptions(num_threads=max(1, threads), prefetch_buffer_size=prefetch))
   if workers > 0:
     from absl import flags
@@ -151,11 +180,11 @@ def train_batches(shards: Sequence[StreamShard], *, batch_size: int, seed: int, 
 class _BatchAt:
   """`batch_at` as a picklable callable (Grain sends it to its worker processes)."""
 
-  def __init__(self, shards, batch_size, seed):
-    self.shards, self.batch_size, self.seed = shards, batch_size, seed
+  def __init__(self, shards, batch_size, seed, map_fn):
+    self.shards, self.batch_size, self.seed, self.map_fn = shards, batch_size, seed, map_fn
 
   def __call__(self, step):
-    return batch_at(self.shards, int(step), self.batch_size, self.seed)
+    return batch_at(self.shards, int(step), self.batch_size, self.seed, self.map_fn)
 
 
 def choose(pipeline: str, builder, memory_fraction: float = 0.25) -> str:

@@ -35,7 +35,7 @@ import optax
 
 from tlgan.errors import UserError
 from tlgan.models.resnet import STAGES, BatchNorm
-from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 SMOOTHINGS = ("swag", "none")
 OPTIMIZERS = ("lbfgs", "adam")

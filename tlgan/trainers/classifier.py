@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +23,13 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from tlgan import config_checks, data, files, parallel, pretrained, reporting, stopping
+from tlgan import (config_checks, data, files, host_preprocessing, parallel, pretrained, reporting, stopping,
+                   streaming)
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
 from tlgan.models.resnet import STEMS
-from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, classifier_map_fn
+from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from tlgan.steps import classifier as clf
 from tlgan.trainers import loop
 
@@ -39,7 +40,7 @@ RESNETS = tuple(arch for arch, info in pretrained.ARCHS.items() if info["module"
 CHOICES = {
     "data.name": data.DATASETS, "mode": clf.MODES, "optim.name": clf.OPTIMIZERS, "model.arch": RESNETS,
     "model.stem": STEMS, "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "parallel.mode": parallel.MODES,
-    "model.channels": (1, 3),
+    "model.channels": (1, 3), "data.pipeline": streaming.PIPELINES, "data.file_format": data.FILE_FORMATS,
 }
 _N = config_checks
 # Every numeric field (but model.channels, a choice), by meaning.
@@ -50,6 +51,7 @@ NUMBERS = {
     "keep_checkpoints": _N.POSITIVE_INT, "inject_nan_at_step": _N.NON_NEGATIVE_INT,
     "data.per_class": _N.NON_NEGATIVE_INT, "data.subset_seed": _N.Number(int, -1),
     "data.source_size": _N.NON_NEGATIVE_INT, "data.num_shards": _N.NON_NEGATIVE_INT,
+    "data.workers": _N.NON_NEGATIVE_INT,
     "model.width": _N.POSITIVE_INT, "model.num_classes": _N.NON_NEGATIVE_INT, "model.image_size": _N.Number(int, 8),
     "optim.learning_rate": _N.POSITIVE, "optim.backbone_lr_factor": _N.NON_NEGATIVE, "optim.momentum": _N.FRACTION,
     "optim.weight_decay": _N.NON_NEGATIVE, "optim.warmup_epochs": _N.NON_NEGATIVE,
@@ -111,15 +113,16 @@ def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, lo
   return state, not_loaded
 
 
-def evaluate(eval_fn, state, images, labels, batch_size, map_fn, mesh, num_classes) -> Dict[str, Any]:
+def evaluate(eval_fn, state, images, labels, batch_size, map_fn, mesh, num_classes,
+             batches_fn: Callable = data.eval_batches) -> Dict[str, Any]:
   """Accuracy, mean loss and confusion matrix over a whole split: each process passes its shard, all in the
   same number of padded batches (the largest shard's), and the masked sums count every example once."""
   largest = len(images)
   if jax.process_count() > 1:
     largest = int(np.max(multihost_utils.process_allgather(np.int64(len(images)))))
   totals = None
-  for batch in data.eval_batches(images, labels, batch_size=batch_size, map_fn=map_fn,
-                                 num_batches=max(1, -(-largest // batch_size))):
+  for batch in batches_fn(images, labels, batch_size=batch_size, map_fn=map_fn,
+                          num_batches=max(1, -(-largest // batch_size))):
     stopping.check("evaluating the classifier")
     sums = eval_fn(state, parallel.global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -165,7 +168,42 @@ def class_names(name: str, num_classes: int):
 # Fields a resumed run may change (`tlgan.run_config`). Not the number of steps or epochs: the learning-rate
 # schedule spans them. A resumed run never initialises again (init.*); jit and pmap follow one trajectory.
 FREE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "eval_every_epochs", "eval_batch_size",
-               "data.data_dir", "data.manual_dir", "data.download", "parallel", "init", "inject_nan_at_step")
+               "data.data_dir", "data.manual_dir", "data.download", "data.pipeline", "data.file_format",
+               "data.workers", "parallel", "init", "inject_nan_at_step")
+
+
+def choose_pipeline(config, load) -> str:
+  """'memory' or 'streaming' for this config (`tlgan.streaming.choose`); a labelled subset (data.per_class) and
+  area downsampling (data.source_size) are done in memory only."""
+  d = config.data
+  if not data.is_tfds(d.name):
+    if d.pipeline == "streaming":
+      raise ConfigError(f"data.pipeline=streaming reads TFDS datasets prepared as ArrayRecord; {d.name} is not "
+                        "one: use data.pipeline=memory")
+    return "memory"
+  pipeline = streaming.choose(d.pipeline, data.get_builder(d.name, **load))
+  if pipeline == "streaming":
+    for field, value in (("data.per_class", d.per_class), ("data.source_size", d.source_size)):
+      if value:
+        raise ConfigError(f"{field}={value} works on data in memory: set data.pipeline=memory (or {field}=0)")
+  return pipeline
+
+
+def memory_shards(config, load) -> list:
+  """This process's training shards in memory, cut to `data.per_class` examples per class when it is set."""
+  d = config.data
+  shards = data.load_shards(d.name, d.train_split, num_shards=d.num_shards, process_index=jax.process_index(),
+                            process_count=jax.process_count(), **load)
+  subset_seed = d.subset_seed if d.subset_seed >= 0 else config.seed
+  total_shards = d.num_shards or jax.process_count()
+  if d.per_class % total_shards:
+    raise ConfigError(f"data.per_class={d.per_class} does not split over {total_shards} data shards: "
+                      f"use a multiple of {total_shards}")
+  for shard in shards:  # per_class counts the whole training set: each shard draws its share
+    shard.images, shard.labels = data.subset_per_class(shard.images, shard.labels, d.per_class // total_shards,
+                                                       subset_seed + shard.index)
+  loop.log_shards(d.name, shards)
+  return shards
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -184,19 +222,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Parallel mode %s: %s", par.mode, parallel.describe())
 
   load = dict(data_dir=config.data.data_dir or None, manual_dir=config.data.manual_dir or None,
-              download=config.data.download, process_index=jax.process_index(),
-              process_count=jax.process_count())
-  shards = data.load_shards(config.data.name, config.data.train_split, num_shards=config.data.num_shards, **load)
-  subset_seed = config.data.subset_seed if config.data.subset_seed >= 0 else config.seed
-  total_shards = config.data.num_shards or jax.process_count()
-  if config.data.per_class % total_shards:
-    raise ConfigError(f"data.per_class={config.data.per_class} does not split over {total_shards} data shards: "
-                      f"use a multiple of {total_shards}")
-  for shard in shards:  # per_class counts the whole training set: each shard draws its share
-    shard.images, shard.labels = data.subset_per_class(shard.images, shard.labels,
-                                                       config.data.per_class // total_shards,
-                                                       subset_seed + shard.index)
-  loop.log_shards(config.data.name, shards)
+              download=config.data.download, file_format=config.data.file_format)
+  pipeline = choose_pipeline(config, load)
+  if pipeline == "streaming":
+    builder = data.get_builder(config.data.name, **load)
+    image_shape = data.spec(config.data.name).image_shape
+    shards = streaming.load_shards(builder, config.data.train_split, image_shape, num_shards=config.data.num_shards,
+                                   process_index=jax.process_index(), process_count=jax.process_count())
+    for shard in shards:
+      logging.info("process %d streams %s[%s] (data shard %d): %d examples", jax.process_index(),
+                   config.data.name, shard.split, shard.index, len(shard.images))
+  else:
+    shards = memory_shards(config, load)
+  load.update(process_index=jax.process_index(), process_count=jax.process_count())
   test_x, test_y = data.load_split(config.data.name, config.data.test_split, **load)
   stopping.check("reading the data")
   n_train = int(sum(len(s.images) for s in shards))
@@ -228,10 +266,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   a = config.augment
   common = dict(image_size=config.model.image_size, channels=config.model.channels,
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, source_size=config.data.source_size)
-  train_map = classifier_map_fn(train=True, crop_padding=a.crop_padding, flip=a.flip, seed=config.seed, **common)
-  eval_map = classifier_map_fn(train=False, **common)
-  batches = data.sharded_train_batches(shards, batch_size=sizes.per_process, seed=config.seed, start_step=start,
-                                       map_fn=train_map)
+  if pipeline == "streaming":  # the same batches, without TensorFlow
+    train_map = host_preprocessing.classifier_fn(train=True, crop_padding=a.crop_padding, flip=a.flip,
+                                                 seed=config.seed, **common)
+    eval_map, eval_batches = host_preprocessing.classifier_fn(train=False, **common), streaming.eval_batches
+    batches = streaming.train_batches(shards, batch_size=sizes.per_process, seed=config.seed, start_step=start,
+                                      map_fn=train_map, workers=config.data.workers)
+  else:
+    from tlgan.preprocessing import classifier_map_fn  # TensorFlow
+    train_map = classifier_map_fn(train=True, crop_padding=a.crop_padding, flip=a.flip, seed=config.seed,
+                                  **common)
+    eval_map, eval_batches = classifier_map_fn(train=False, **common), data.eval_batches
+    batches = data.sharded_train_batches(shards, batch_size=sizes.per_process, seed=config.seed,
+                                         start_step=start, map_fn=train_map)
   batches = loop.poison_batches(batches, config.inject_nan_at_step, start)
   state = par.put_state(state)
   eval_fn = jax.jit(clf.eval_step)
@@ -240,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = {}
 
   def run_eval(step, state):
-    res = evaluate(eval_fn, state, test_x, test_y, eval_batch, eval_map, mesh, num_classes)
+    res = evaluate(eval_fn, state, test_x, test_y, eval_batch, eval_map, mesh, num_classes, eval_batches)
     results["last"] = res
     results.setdefault("history", []).append({"step": step, "epoch": step / epoch_steps,
                                               "test_accuracy": res["accuracy"]})
