@@ -251,3 +251,21 @@ def test_a_classifier_trained_on_the_stream_equals_the_classifier_trained_in_mem
   assert results["memory"][0] == results["streaming"][0]
   for a, b in zip(jax.tree.leaves(results["memory"][1]), jax.tree.leaves(results["streaming"][1])):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_damaged_array_record_file_is_one_line_naming_the_folder(copies, tmp_path):
+  import glob
+  import shutil
+  where, folder = copies
+  damaged = str(tmp_path / "array_record")
+  shutil.copytree(where["array_record"], damaged)
+  victim = sorted(glob.glob(os.path.join(damaged, "**", "*train.array_record*"), recursive=True))[0]
+  with open(victim, "r+b") as f:
+    f.truncate(os.path.getsize(victim) // 2)
+  builder = data.get_builder("fashion_mnist", damaged, folder, download=False)
+  for read in (lambda: next(streaming.train_batches(streaming.load_shards(builder, "train", (28, 28, 1)),
+                                                   batch_size=BATCH, seed=SEED)),
+               lambda: data.load_split("fashion_mnist", "train", data_dir=damaged, manual_dir=folder, download=False)):
+    with pytest.raises(data.DataUnavailableError, match="is damaged .*delete that folder") as error:
+      read()
+    assert damaged in str(error.value) and "\n" not in str(error.value)

@@ -21,21 +21,34 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from tlgan import shuffle
-from tlgan.errors import ConfigError
+from tlgan.errors import ConfigError, first_line
 
 PIPELINES = ("auto", "memory", "streaming")
 
 
 def open_source(builder, split: str):
   """Random access to `split` of a builder prepared as ArrayRecord: len(source), source[i], source.__getitems__."""
-  return builder.as_data_source(split=split)
+  try:
+    return builder.as_data_source(split=split)
+  except Exception as e:  # ArrayRecord (Riegeli) reports a truncated or altered file as a RuntimeError
+    raise _damaged(f"{builder.name} in {builder.data_dir}", e) from None
+
+
+def _damaged(what: str, error: BaseException):
+  from tlgan.data import DataUnavailableError
+  return DataUnavailableError(f"the prepared {what} is damaged ({type(error).__name__}: {first_line(error, 120)}): "
+                              "delete that folder and run again to prepare it anew")
 
 
 def _records(source, indices) -> List[Dict[str, np.ndarray]]:
   indices = [int(i) for i in indices]
-  if hasattr(source, "__getitems__"):
-    return source.__getitems__(indices)
-  return [source[i] for i in indices]
+  try:
+    if hasattr(source, "__getitems__"):
+      return source.__getitems__(indices)
+    return [source[i] for i in indices]
+  except Exception as e:  # a file damaged after it was opened
+    info = getattr(source, "dataset_info", None)
+    raise _damaged(f"{info.name} in {info.data_dir}" if info is not None else "dataset", e) from None
 
 
 def read_images(source, indices) -> np.ndarray:
