@@ -186,8 +186,19 @@ def train_batches(shards: Sequence[StreamShard], *, batch_size: int, seed: int, 
     from absl import flags
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; research code may parse none
       flags.FLAGS.mark_as_parsed()
-    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                                  worker_init_fn=_leave_stop_signals_to_the_parent)
   return iter(batches)
+
+
+def _leave_stop_signals_to_the_parent(worker_index: int, worker_count: int) -> None:
+  """In each Grain worker: ignore the stop signals. Ctrl-C (and a scheduler's SIGTERM to the job) reaches the
+  whole process group; a worker that died of it would end the run with a traceback at the next batch instead of
+  the parent's clean stop (`tlgan.stopping`), which ends the workers itself."""
+  del worker_index, worker_count
+  import signal
+  for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_IGN)
 
 
 class _BatchAt:
