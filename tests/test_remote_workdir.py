@@ -64,6 +64,7 @@ def emulator():
          "EPATH_USE_TF": "false"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
+  _forget_whether_tensorflow_is_installed()  # etils caches it at its first path, local ones included
   import fsspec
   fs = fsspec.filesystem("gs")
   try:
@@ -75,6 +76,16 @@ def emulator():
         os.environ.pop(key, None)
       else:
         os.environ[key] = value
+    _forget_whether_tensorflow_is_installed()
+
+
+def _forget_whether_tensorflow_is_installed() -> None:
+  """etils.epath decides once per process (functools.cache) whether TensorFlow's GCS client serves gs://, at
+  the first path of any kind; this process used paths before EPATH_USE_TF was set."""
+  from etils.epath import gpath
+  cached = getattr(gpath, "_is_tf_installed", None)
+  if hasattr(cached, "cache_clear"):
+    cached.cache_clear()
 
 
 def _complete_steps(fs, workdir):
