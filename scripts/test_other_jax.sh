@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The second supported set of libraries, beside the one CI tests (Python 3.11, where pip resolves jax 0.10.x):
 # the newest jax/flax/optax/orbax, which need Python 3.12, or a given jax. Its own venv (.venv-jax); runs the
-# fast tier, and any pytest arguments given after the options.
+# fast tier, with any pytest arguments given.
 #   bash scripts/test_other_jax.sh                       # the newest releases pip resolves for python3.12
 #   JAX=0.11.2 bash scripts/test_other_jax.sh            # e.g. the jax of the accelerator images
 #   bash scripts/test_other_jax.sh tests/test_streaming.py -m ""   # other tests (here: every tier of one module)
@@ -21,5 +21,4 @@ fi
 from importlib.metadata import version
 print(f'Python {sys.version.split()[0]}: jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__},'
       f' orbax-checkpoint {version(\"orbax-checkpoint\")}')"
-if [[ $# -eq 0 ]]; then set -- -m "not slow"; fi
-exec .venv-jax/bin/python -m pytest "$@"
+exec .venv-jax/bin/python -m pytest -m "not slow" "$@"  # a later -m in "$@" wins
