@@ -115,8 +115,9 @@ def resumed_run(emulator, tmp_path_factory):
   """2 steps, then on to 4, in a bucket; and the same 4 steps uninterrupted in a local folder."""
   _, fs = emulator
   workdir = f"gs://{BUCKET}/resumed"
-  first = train_gan(smoke_gan(num_steps=2), workdir)
-  second = train_gan(smoke_gan(num_steps=4), workdir)
+  cache = {"eval.cache_dir": f"gs://{BUCKET}/cache"}  # the reference features too: written once, then read
+  first = train_gan(smoke_gan(num_steps=2, **cache), workdir)
+  second = train_gan(smoke_gan(num_steps=4, **cache), workdir)
   local = str(tmp_path_factory.mktemp("local"))
   train_gan(smoke_gan(num_steps=4), local)
   return workdir, local, first, second
@@ -141,6 +142,8 @@ def test_a_run_in_a_bucket_writes_everything_and_resumes_bit_exactly(emulator, r
   assert json.loads(fs.cat(f"{root}/config.json"))["num_steps"] == 4
   leftovers = [p for p in fs.find(root) if ".tlgan-write-test" in p or "/.tmp-" in p]
   assert not leftovers
+  cached = fs.find(f"{BUCKET}/cache/reference")
+  assert cached and all(p.endswith(".npz") and fs.size(p) > 0 for p in cached)
 
 
 def test_a_damaged_checkpoint_in_a_bucket_falls_back_and_is_moved_aside(emulator, resumed_run):
