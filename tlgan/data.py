@@ -326,7 +326,7 @@ def load_split(name: str, split: str, *, data_dir: Optional[str] = None, manual_
   if is_array_record(builder):  # no tf.data reader for ArrayRecord: the examples in order, by index
     from tlgan import streaming
     source = streaming.open_source(builder, shard)
-    return streaming.read_images(source, range(len(source))), streaming.read_labels(source, range(len(source)))
+    return streaming.read_examples(source, range(len(source)))
   tf = _tf()
   try:
     chunks = list(tfds.as_numpy(builder.as_dataset(split=shard, shuffle_files=False).batch(8192)))

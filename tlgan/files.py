@@ -92,12 +92,6 @@ def open_read(path: str, mode: str = "rb"):
   return epath(path).open(mode) if is_remote(path) else open(path, mode)
 
 
-def listdir(path: str) -> List[str]:
-  if is_remote(path):
-    return sorted(p.name for p in epath(path).iterdir())
-  return sorted(os.listdir(path))
-
-
 def glob(folder: str, pattern: str) -> List[str]:
   """The paths in `folder` matching `pattern` (one level: no '**')."""
   if is_remote(folder):
@@ -141,13 +135,6 @@ def rmtree(path: str) -> None:
   else:
     import shutil
     shutil.rmtree(path, ignore_errors=True)
-
-
-def remove(path: str) -> None:
-  if is_remote(path):
-    epath(path).unlink()
-  else:
-    os.unlink(path)
 
 
 def new_file_mode() -> int:

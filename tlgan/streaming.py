@@ -16,7 +16,7 @@ operations) and the classifier's with its (seed, step, shard) augmentations (`tl
 import dataclasses
 import logging
 import os
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,12 +51,11 @@ def _records(source, indices) -> List[Dict[str, np.ndarray]]:
     raise _damaged(f"{info.name} in {info.data_dir}" if info is not None else "dataset", e) from None
 
 
-def read_images(source, indices) -> np.ndarray:
-  return np.stack([np.asarray(r["image"], np.uint8) for r in _records(source, indices)])
-
-
-def read_labels(source, indices) -> np.ndarray:
-  return np.asarray([r["label"] for r in _records(source, indices)], np.int32)
+def read_examples(source, indices) -> Tuple[np.ndarray, np.ndarray]:
+  """(uint8 images, int32 labels) of the examples at `indices`, read once."""
+  records = _records(source, indices)
+  return (np.stack([np.asarray(r["image"], np.uint8) for r in records]),
+          np.asarray([r["label"] for r in records], np.int32))
 
 
 class RecordImages:
@@ -74,8 +73,8 @@ class RecordImages:
   def __getitem__(self, index) -> np.ndarray:
     index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
     if index.ndim == 0:
-      return read_images(self.source, [index])[0]
-    return read_images(self.source, index) if len(index) else np.zeros((0, *self.shape[1:]), np.uint8)
+      return read_examples(self.source, [index])[0][0]
+    return read_examples(self.source, index)[0] if len(index) else np.zeros((0, *self.shape[1:]), np.uint8)
 
 
 class ConcatenatedImages:
@@ -141,10 +140,8 @@ def batch_at(shards: Sequence[StreamShard], step: int, batch_size: int, seed: in
   parts = []
   for shard in shards:
     idx = shuffle.stream_indices(step, per_shard, len(shard.images), seed, shard.index)
-    records = _records(shard.source, idx)
-    part = {"image": np.stack([np.asarray(r["image"], np.uint8) for r in records]),
-            "label": np.asarray([r["label"] for r in records], np.int32)}
-    parts.append(map_fn(part, step, shard.index))
+    images, labels = read_examples(shard.source, idx)
+    parts.append(map_fn({"image": images, "label": labels}, step, shard.index))
   return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
