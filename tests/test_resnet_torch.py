@@ -14,7 +14,7 @@ torchvision = pytest.importorskip("torchvision")
 from benchmarks.torch_reference import perturbed  # BatchNorms that are not the identity
 from tlgan import pretrained
 from tlgan.errors import UserError
-from tlgan.models.resnet import ResNet18, ResNet50
+from tlgan.models.resnet import ResNet, ResNet18, ResNet50
 
 torch.set_num_threads(2)
 
@@ -64,6 +64,56 @@ def test_train_mode_outputs_and_running_statistics(converted18):
   after = pretrained.from_torchvision(tm.state_dict(), "resnet18")["batch_stats"]
   for ours, theirs in zip(jax.tree.leaves(updated["batch_stats"]), jax.tree.leaves(after)):
     np.testing.assert_allclose(np.asarray(ours), theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_groupnorm_resnet_equals_torchvision_with_groupnorm_in_train_and_eval_mode():
+  torch.manual_seed(3)
+  tm = torchvision.models.resnet18(norm_layer=lambda c: torch.nn.GroupNorm(32, c))
+  with torch.no_grad():  # affine parameters that are not the identity
+    for m in tm.modules():
+      if isinstance(m, torch.nn.GroupNorm):
+        m.weight.normal_(1, 0.2)
+        m.bias.normal_(0, 0.2)
+  variables = pretrained.from_torchvision(tm.state_dict(), "resnet18", norm="group")
+  assert set(variables) == {"params"}  # GroupNorm has no running statistics
+  x_torch, x = _inputs(64, n=3, seed=3)
+  model = ResNet18(num_classes=1000, norm="group")
+  for mode in (tm.train(), tm.eval()):
+    with torch.no_grad():
+      ref = mode(torch.from_numpy(x_torch)).numpy()
+    for train in (True, False):
+      out = model.apply(variables, x, train=train)
+      assert np.abs(np.asarray(out) - ref).max() <= 1e-4
+
+
+def test_privacy_safe_norms_never_mix_examples_in_training_mode():
+  """One example's output and gradient do not depend on the other examples of the batch (what per-example
+  clipping needs); BatchNorm in training mode is the counter-example that makes the test able to fail."""
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(4, 16, 16, 3)).astype(np.float32))
+  other = x.at[1:].set(-x[1:] * 3.0)
+  for norm, expect_equal in (("group", True), ("frozen_batch", True), ("batch", False)):
+    model = ResNet(stage_sizes=(1, 1), num_classes=10, norm=norm, width=8, norm_groups=4, stem="cifar")
+    variables = model.init(jax.random.key(0), x[:1])
+
+    @jax.jit
+    def first_output_and_grads(images):
+      def first(params):
+        out, updated = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+        return out[0].sum(), (out[0], updated)
+      return jax.grad(first, has_aux=True)(variables["params"])
+
+    (g1, (out1, updated)), (g2, (out2, _)) = first_output_and_grads(x), first_output_and_grads(other)
+    same = np.allclose(out1, out2, atol=1e-6) and all(
+        np.allclose(a, b, atol=1e-6) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+    assert same == expect_equal, norm
+    if norm == "frozen_batch":  # frozen BatchNorm keeps its statistics in training mode
+      for a, b in zip(jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(updated["batch_stats"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_groupnorm_refuses_a_width_its_groups_do_not_divide():
+  with pytest.raises(ValueError, match="12 channels do not split into 8 groups"):
+    ResNet18(num_classes=10, norm="group", width=12, norm_groups=8).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 @pytest.mark.slow

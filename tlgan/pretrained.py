@@ -91,11 +91,12 @@ def _to_flax_array(value: np.ndarray, path: Tuple[str, ...]) -> np.ndarray:
   return value
 
 
-def from_torchvision(state_dict: Mapping[str, Any], arch: str = "resnet18") -> Dict[str, Any]:
+def from_torchvision(state_dict: Mapping[str, Any], arch: str = "resnet18", norm: str = "batch") -> Dict[str, Any]:
   """A torchvision ResNet state dict -> {'params': ..., 'batch_stats': ...} for `tlgan.models.ResNet*`.
 
-  The number of classes is read from `fc.weight`. Raises `ConversionError` naming the first key that is
-  unknown, missing, or of the wrong shape.
+  The number of classes is read from `fc.weight`. `norm='group'`: a ResNet built with
+  `norm_layer=lambda c: nn.GroupNorm(32, c)` (no running statistics). Raises `ConversionError` naming the first
+  key that is unknown, missing, or of the wrong shape.
   """
   if not isinstance(state_dict, Mapping) or "fc.weight" not in state_dict:
     raise ConversionError(f"not a torchvision {arch} state dict (no 'fc.weight' key)")
@@ -111,7 +112,8 @@ def from_torchvision(state_dict: Mapping[str, Any], arch: str = "resnet18") -> D
     from tlgan.models.inception import InceptionV3FID
     model, sample = InceptionV3FID(), np.zeros((1, 299, 299, 3), np.float32)
   else:
-    model, sample = model_for(arch, int(np.shape(state_dict["fc.weight"])[0])), np.zeros((1, 64, 64, 3), np.float32)
+    model = model_for(arch, int(np.shape(state_dict["fc.weight"])[0]), norm=norm)
+    sample = np.zeros((1, 64, 64, 3), np.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), sample))
   return _convert(state_dict, shapes, arch)
 

@@ -8,6 +8,8 @@ What makes the outputs equal torchvision's, not merely similar:
     with the *unbiased* batch variance, as torch does (see `BatchNorm`);
   * stride on the 3x3 conv of the bottleneck (torchvision's "ResNet v1.5");
   * global average pooling, then the linear head.
+`norm='group'` equals torchvision's `resnet18(norm_layer=lambda c: nn.GroupNorm(32, c))` the same way;
+`norm='frozen_batch'` is BatchNorm that never leaves inference mode (see NORMS).
 
 Module names follow torchvision's state_dict keys (`conv1`, `bn1`, `layer1_0/conv1`, `layer2_0/downsample_conv`,
 ..., `fc`), so `tlgan.pretrained.from_torchvision` is a rename and a transpose.
@@ -29,6 +31,10 @@ from jax import lax
 from tlgan.models.layers import Conv
 
 STEMS = ("imagenet", "cifar")
+# Normalisation layers: 'batch' (torchvision's; batch statistics in training), 'frozen_batch' (BatchNorm always in
+# inference mode: pretrained or initial statistics, trainable scale and bias) and 'group' (GroupNorm, torch's
+# nn.GroupNorm semantics). The last two never mix examples, as per-example (differentially private) training needs.
+NORMS = ("batch", "frozen_batch", "group")
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # outputs a caller can ask for (ResNet18/34/50)
 
 # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convolutions.
@@ -74,6 +80,31 @@ class BatchNorm(nn.Module):
         ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
     y = (x.astype(jnp.float32) - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
+    return y.astype(self.dtype or x.dtype)
+
+
+class GroupNorm(nn.Module):
+  """torch.nn.GroupNorm(min(num_groups, C), C) on NHWC: eps 1e-5, biased variance of each group of C/groups
+  channels over an example's spatial positions (statistics of one example only)."""
+  num_groups: int = 32
+  epsilon: float = 1e-5
+  scale_init: Callable = nn.initializers.ones
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    groups = min(self.num_groups, c)
+    if c % groups:
+      raise ValueError(f"GroupNorm: {c} channels do not split into {groups} groups: choose a group count that "
+                       f"divides every stage's width (model.norm_groups)")
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    xf = x.astype(jnp.float32).reshape(*x.shape[:-1], groups, c // groups)
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # spatial positions and the channels of a group
+    mean = jnp.mean(xf, axes, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
+    y = ((xf - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape) * scale + bias
     return y.astype(self.dtype or x.dtype)
 
 
@@ -136,10 +167,17 @@ class ResNet(nn.Module):
   dtype: Any = None  # compute dtype (e.g. jnp.bfloat16); parameters stay float32
   conv_impl: str = "auto"
   axis_name: Optional[str] = None
+  norm: str = "batch"  # one of NORMS
+  norm_groups: int = 32  # GroupNorm: groups per layer (fewer where a layer has fewer channels)
 
   def _modules(self, train: bool):
     conv = partial(Conv, use_bias=False, impl=self.conv_impl, dtype=self.dtype, kernel_init=conv_init)
-    norm = partial(BatchNorm, use_running_average=not train, axis_name=self.axis_name, dtype=self.dtype)
+    if self.norm == "group":
+      return conv, partial(GroupNorm, num_groups=self.norm_groups, dtype=self.dtype)
+    if self.norm not in NORMS:
+      raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+    frozen = self.norm == "frozen_batch"
+    norm = partial(BatchNorm, use_running_average=frozen or not train, axis_name=self.axis_name, dtype=self.dtype)
     return conv, norm
 
   @nn.compact
