@@ -1,0 +1,196 @@
+"""DP-SGD: the sampling, the accounting (against dp_accounting's own computations), and the step (against an
+explicit per-example loop, a statistical test of the noise, padding rows, frozen parameters)."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+from tlgan import privacy
+from tlgan.errors import ConfigError
+from tlgan.models.resnet import ResNet
+from tlgan.steps import classifier as clf
+from tlgan.steps import private
+
+dp_accounting = pytest.importorskip("dp_accounting")
+
+# Abadi et al. (2016)'s MNIST setting as TF Privacy's tutorial states it: N = 60,000, batch 256, sigma 1.1,
+# 60 epochs, delta 1e-5.
+ABADI = dict(dataset_size=60000, expected_batch=256, noise_multiplier=1.1, delta=1e-5)
+ABADI_STEPS = 60 * 60000 // 256
+
+
+def test_epsilon_of_a_published_setting_equals_dp_accountings_own():
+  dp = privacy.DpSgd(max_batch=60000, **ABADI)  # no truncation: plain Poisson subsampling
+  ours = dp.epsilon(ABADI_STEPS)
+  q = 256 / 60000
+  pld = dp_accounting.pld.PLDAccountant()  # its default, finer discretisation
+  pld.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.1)), ABADI_STEPS)
+  rdp = dp_accounting.rdp.RdpAccountant()
+  rdp.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(1.1)), ABADI_STEPS)
+  reference = pld.get_epsilon(1e-5)
+  assert reference <= ours <= reference * 1.01  # an upper bound, within 1% (the coarser grid)
+  assert ours <= rdp.get_epsilon(1e-5) <= ours * 1.15  # RDP: looser, the same regime (~2.6)
+  # Truncating 4 standard deviations above the expected batch costs ~1%; truncating at it costs a lot.
+  truncated = privacy.DpSgd(max_batch=privacy.default_max_batch(256, 60000), **ABADI)
+  assert truncated.max_batch == 320
+  assert ours < truncated.epsilon(ABADI_STEPS) < ours * 1.02
+  assert privacy.DpSgd(max_batch=256, **ABADI).epsilon(ABADI_STEPS) > 3 * ours
+  # the accountant's own event gives the same number
+  acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=privacy.DISCRETISATION)
+  acc.compose(truncated.dp_event(ABADI_STEPS))
+  assert acc.get_epsilon(1e-5) == pytest.approx(truncated.epsilon(ABADI_STEPS), rel=1e-9)
+  # epsilon continues with the steps, and is inf without noise
+  assert 0 == dp.epsilon(0) < dp.epsilon(100) < dp.epsilon(1000) < ours
+  assert math.isinf(privacy.DpSgd(max_batch=320, **{**ABADI, "noise_multiplier": 0.0}).epsilon(1))
+
+
+def test_calibrated_noise_is_the_smallest_that_meets_the_target():
+  params = dict(steps=2000, dataset_size=60000, expected_batch=256, max_batch=320, delta=1e-5)
+  sigma = privacy.calibrate_noise(3.0, **params)
+  eps = lambda s: privacy.DpSgd(noise_multiplier=s, **{k: v for k, v in params.items() if k != "steps"}
+                                ).epsilon(params["steps"])
+  assert eps(sigma) <= 3.0 < eps(sigma * 0.995)
+  with pytest.raises(ConfigError, match="target_epsilon=0 must be a finite number > 0"):
+    privacy.calibrate_noise(0, **params)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(dataset_size=0), "at least one example"),
+    (dict(expected_batch=70000), "expected batch .* must be in"),
+    (dict(delta=1.0), "delta=1.0 must be in"),
+    (dict(noise_multiplier=float("nan")), "noise_multiplier=nan must be"),
+    (dict(max_batch=0), "max_batch=0 must be at least 1"),
+])
+def test_bad_privacy_parameters_are_refused_in_one_line(bad, message):
+  with pytest.raises(ConfigError, match=message):
+    privacy.DpSgd(**{**ABADI, "max_batch": 320, **bad})
+
+
+def test_poisson_batches_include_each_example_with_probability_q_and_depend_on_seed_and_step_only():
+  n, expected, steps = 500, 20.0, 2000
+  counts, sizes = np.zeros(n), []
+  for step in range(steps):
+    idx, mask = privacy.poisson_batch(seed=3, step=step, dataset_size=n, expected_batch=expected, max_batch=40)
+    assert idx.shape == mask.shape == (40,)
+    chosen = idx[mask]
+    assert len(np.unique(chosen)) == len(chosen) and np.all(idx[~mask] == 0)
+    counts[chosen] += 1
+    sizes.append(mask.sum())
+  q = expected / n
+  # every example's inclusion count is Binomial(steps, q): pooled, a chi-square test of uniformity
+  assert stats.chisquare(counts).pvalue > 1e-3
+  assert abs(counts.mean() / steps - q) < 3 * math.sqrt(q * (1 - q) / (steps * n))
+  # batch sizes are Binomial(n, q) (truncation at 40 is ~4 sd away: never reached here)
+  assert abs(np.mean(sizes) - expected) < 4 * math.sqrt(expected / steps)
+  assert abs(np.var(sizes) / (expected * (1 - q)) - 1) < 0.15
+  # random access: the same (seed, step) gives the same batch, another seed another batch
+  a = privacy.poisson_batch(seed=3, step=77, dataset_size=n, expected_batch=expected, max_batch=40)
+  b = privacy.poisson_batch(seed=3, step=77, dataset_size=n, expected_batch=expected, max_batch=40)
+  c = privacy.poisson_batch(seed=4, step=77, dataset_size=n, expected_batch=expected, max_batch=40)
+  np.testing.assert_array_equal(a[0], b[0])
+  assert not np.array_equal(a[0][a[1]], c[0][c[1]])
+  # truncation keeps max_batch distinct examples
+  idx, mask = privacy.poisson_batch(seed=0, step=0, dataset_size=n, expected_batch=100, max_batch=10)
+  assert mask.all() and len(np.unique(idx)) == 10
+
+
+# --- the step -------------------------------------------------------------------------------------------------
+
+def _state(norm="group", mode="full", lr=0.1, momentum=0.0):
+  model = ResNet(stage_sizes=(1, 1), num_classes=3, width=4, norm=norm, norm_groups=2, stem="cifar")
+  tx = clf.make_optimizer(mode=mode, optimizer="sgd", learning_rate=lr, momentum=momentum, warmup_steps=0,
+                          total_steps=10**6)
+  return clf.init_state(jax.random.key(0), model, tx, image_shape=(8, 8, 1), num_classes=3, mode=mode)
+
+
+def _batch(n=6, real=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": jnp.asarray(rng.normal(size=(n, 8, 8, 1)).astype(np.float32)),
+          "label": jnp.asarray(rng.integers(0, 3, n).astype(np.int32)),
+          "mask": jnp.asarray(np.arange(n) < real)}
+
+
+def test_clipped_gradient_sum_equals_an_explicit_per_example_loop():
+  state = _state()
+  batch = _batch()
+  mask_tree = private.trainable_mask(state.params, "full")
+
+  @jax.jit
+  def example_grad(params, image, label):  # one example, a batch of one: the definition
+    def loss(params):
+      logits = state.model.apply({"params": params, "batch_stats": state.batch_stats}, image[None])
+      return clf.cross_entropy(logits, label[None], 3).mean()
+    return jax.grad(loss)(params)
+
+  real = np.flatnonzero(np.asarray(batch["mask"]))
+  per_example = [example_grad(state.params, batch["image"][i], batch["label"][i]) for i in real]
+  clipped = jax.jit(lambda state, batch, clip: private.clipped_grad_sum(state, batch, clip_norm=clip))
+  for clip in (1e-3, 0.5, 1e6):  # every example clipped / some / none
+    grads, losses, correct, norms = clipped(state, batch, clip)
+    expected = jax.tree.map(jnp.zeros_like, state.params)
+    for i, g in zip(real, per_example):
+      norm = math.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(g)))
+      assert norms[i] == pytest.approx(norm, rel=1e-4)
+      expected = jax.tree.map(lambda e, x: e + x * min(1.0, clip / norm), expected, g)
+    flat = private.split(expected, mask_tree)[0]
+    assert set(flat) == set(grads)
+    for k in flat:
+      np.testing.assert_allclose(grads[k], flat[k], rtol=2e-4, atol=1e-7 * max(clip, 1e-3))
+
+
+def test_noise_has_the_stated_std_and_is_a_function_of_rng_and_step():
+  """No real example in the batch: the update is the noise alone (sgd, lr 1), N(0, (sigma C / B)^2)."""
+  state = _state(lr=1.0)
+  sigma, clip, expected = 1.3, 0.7, 5.0
+  step = jax.jit(functools.partial(private.train_step, clip_norm=clip, noise_multiplier=sigma,
+                                   expected_batch=expected))
+  empty = {**_batch(), "mask": jnp.zeros(6, bool)}
+  after, metrics = step(state, empty, jax.random.key(1))
+  assert float(metrics["batch"]) == 0
+  delta = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(after.params),
+                                                           jax.tree.leaves(state.params))])
+  z = -delta * expected / (sigma * clip)  # should be N(0, 1), iid
+  assert len(z) > 1000
+  assert stats.kstest(z, "norm").pvalue > 1e-3
+  assert abs(np.std(z) - 1) < 4 / math.sqrt(2 * len(z))
+  again, _ = step(state, empty, jax.random.key(1))
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(again.params)):
+    np.testing.assert_array_equal(a, b)
+  later, _ = step(state.replace(step=state.step + 1), empty, jax.random.key(1))
+  d2 = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(later.params), jax.tree.leaves(state.params))])
+  assert abs(np.corrcoef(delta, d2)[0, 1]) < 0.1  # another step, independent noise
+
+
+def test_padding_rows_change_nothing_and_the_metrics_count_real_rows_only():
+  state = _state()
+  step = jax.jit(functools.partial(private.train_step, clip_norm=1.0, noise_multiplier=0.5, expected_batch=4.0))
+  batch = _batch()
+  other = {**batch, "image": batch["image"].at[4:].set(99.0), "label": batch["label"].at[4:].set(2)}
+  a, ma = step(state, batch, jax.random.key(2))
+  b, mb = step(state, other, jax.random.key(2))
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  assert float(ma["batch"]) == 4 and float(ma["loss"]) == float(mb["loss"])
+  # and a real row does change the update
+  c, _ = step(state, {**batch, "image": batch["image"].at[0].set(5.0)}, jax.random.key(2))
+  assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+
+
+def test_a_linear_probe_changes_the_head_only_and_batchnorm_in_training_mode_is_refused():
+  state = _state(norm="batch", mode="linear_probe")
+  assert not state.bn_train  # a linear probe's BatchNorm stays in inference mode: allowed
+  step = jax.jit(functools.partial(private.train_step, clip_norm=1.0, noise_multiplier=1.0, expected_batch=4.0,
+                                   mode="linear_probe"))
+  after, _ = step(state, _batch(), jax.random.key(0))
+  for path, a in jax.tree_util.tree_leaves_with_path(after.params):
+    b = functools.reduce(lambda t, k: t[k.key], path, state.params)
+    assert np.array_equal(a, b) != (path[0].key == "fc"), path
+  with pytest.raises(ValueError, match="BatchNorm in training mode mixes examples.*model.norm=group or frozen"):
+    private.train_step(_state(norm="batch"), _batch(), jax.random.key(0), clip_norm=1.0, noise_multiplier=1.0,
+                       expected_batch=4.0)

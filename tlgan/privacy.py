@@ -1,0 +1,125 @@
+"""Differential privacy for DP-SGD runs: the sampling the accounting assumes, and the accounting.
+
+Sampling: truncated Poisson. At step s every training example is in the batch independently with probability
+q = expected_batch / N; if more than `max_batch` are drawn, `max_batch` of them are kept uniformly at random
+(jax_privacy's `CyclicPoissonSampling` with truncation and cycle length 1; drawn here as a binomial count,
+then that many distinct examples, which is the same distribution). The batch is padded to `max_batch` rows with
+a mask, so shapes stay static, and it is a function of (seed, step) alone: a resumed run draws the same batches.
+
+Accounting: `dp_accounting`'s PLD accountant with its `TruncatedSubsampledGaussianDpEvent` (the truncated
+Poisson subsampled Gaussian, arXiv:2508.15089), add-or-remove-one neighbouring datasets. The per-step
+sensitivity is the clipping norm C (per-example gradients clipped to C, summed), the noise N(0, (sigma C)^2) is
+added once to the sum, which is then divided by the public expected batch size. The PLD is discretised at
+1e-3 (pessimistic: epsilon is an upper bound; 0.4% above the 1e-4 grid for Abadi et al.'s MNIST setting).
+Fixed-size shuffled batches (what the non-private trainers read) are not what this accounting assumes; a DP
+run never reads them.
+
+    dp = DpSgd(dataset_size=60000, expected_batch=256, max_batch=320, noise_multiplier=1.1, delta=1e-5)
+    dp.epsilon(steps=14062)                                      # 2.42
+    sigma = calibrate_noise(3.0, steps=14062, dataset_size=60000, expected_batch=256, max_batch=320, delta=1e-5)
+    indices, mask = poisson_batch(seed=0, step=7, dataset_size=60000, expected_batch=256, max_batch=320)
+"""
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+from tlgan.errors import ConfigError
+
+DISCRETISATION = 1e-3  # the PLD's value discretisation interval (pessimistic estimate: an upper bound)
+_SAMPLING_TAG = 0xD9  # keeps the sampling stream apart from any other NumPy stream seeded with (seed, step)
+
+
+def default_max_batch(expected_batch: float, dataset_size: int, multiple: int = 1) -> int:
+  """Truncation at 4 standard deviations above the expected batch (rounded up to `multiple`, e.g. the device
+  count): truncation then almost never happens and costs ~1% of epsilon (0.4% in Abadi et al.'s setting);
+  truncating at the expected batch itself would multiply epsilon by ~5."""
+  q = expected_batch / dataset_size
+  size = math.ceil(expected_batch + 4.0 * math.sqrt(expected_batch * (1.0 - q)))
+  return min(-(-size // multiple) * multiple, -(-dataset_size // multiple) * multiple)
+
+
+@dataclasses.dataclass(frozen=True)
+class DpSgd:
+  """A DP-SGD run's privacy parameters: what the accountant needs."""
+  dataset_size: int
+  expected_batch: float
+  max_batch: int
+  noise_multiplier: float
+  delta: float
+
+  def __post_init__(self):
+    if self.dataset_size < 1:
+      raise ConfigError("a DP-SGD run needs a training set with at least one example")
+    if not 0 < self.expected_batch <= self.dataset_size:
+      raise ConfigError(f"the expected batch ({self.expected_batch:g}) must be in (0, the training set's "
+                        f"{self.dataset_size} examples]: choose a smaller batch_size")
+    if self.max_batch < 1:
+      raise ConfigError(f"dp.max_batch={self.max_batch} must be at least 1")
+    if not 0 < self.delta < 1:
+      raise ConfigError(f"dp.delta={self.delta} must be in (0, 1), and below 1/N = {1 / self.dataset_size:.2g}")
+    if self.noise_multiplier < 0 or not math.isfinite(self.noise_multiplier):
+      raise ConfigError(f"dp.noise_multiplier={self.noise_multiplier} must be a finite number >= 0")
+
+  @property
+  def sampling_probability(self) -> float:
+    return self.expected_batch / self.dataset_size
+
+  def epsilon(self, steps: int) -> float:
+    """Epsilon after `steps` steps at this delta (inf without noise; 0 after no step)."""
+    if steps <= 0:
+      return 0.0
+    if self.noise_multiplier == 0:
+      return math.inf
+    return float(_step_pld(self.dataset_size, self.sampling_probability, self.max_batch, self.noise_multiplier)
+                 .self_compose(int(steps)).get_epsilon_for_delta(self.delta))
+
+  def dp_event(self, steps: int = 1):
+    """The `dp_accounting` event of `steps` steps (for other accountants or tools)."""
+    import dp_accounting
+    event = dp_accounting.TruncatedSubsampledGaussianDpEvent(
+        dataset_size=self.dataset_size, sampling_probability=self.sampling_probability,
+        truncated_batch_size=self.max_batch, noise_multiplier=self.noise_multiplier)
+    return dp_accounting.SelfComposedDpEvent(event, int(steps))
+
+
+@functools.lru_cache(maxsize=8)
+def _step_pld(dataset_size, q, max_batch, noise_multiplier):
+  from dp_accounting.pld import privacy_loss_distribution as pld
+  return pld.from_truncated_subsampled_gaussian_mechanism(
+      dataset_size=dataset_size, sampling_probability=q, truncated_batch_size=max_batch,
+      noise_multiplier=noise_multiplier, value_discretization_interval=DISCRETISATION)
+
+
+def calibrate_noise(target_epsilon: float, *, steps: int, dataset_size: int, expected_batch: float, max_batch: int,
+                    delta: float) -> float:
+  """The smallest noise multiplier (to 0.1%) whose epsilon after `steps` steps is at most `target_epsilon`."""
+  if not target_epsilon > 0 or not math.isfinite(target_epsilon):
+    raise ConfigError(f"dp.target_epsilon={target_epsilon} must be a finite number > 0")
+  params = dict(dataset_size=dataset_size, expected_batch=expected_batch, max_batch=max_batch, delta=delta)
+  eps = lambda sigma: DpSgd(noise_multiplier=sigma, **params).epsilon(steps)
+  low, high = 0.05, 1.0
+  while eps(high) > target_epsilon:  # epsilon falls as the noise grows
+    low, high = high, high * 2.0
+    if high > 1e4:
+      raise ConfigError(f"no noise multiplier up to 1e4 reaches epsilon {target_epsilon} in {steps} steps: "
+                        "train fewer steps, with a smaller batch, or allow a larger epsilon")
+  while high - low > 1e-3 * high:
+    mid = 0.5 * (low + high)
+    low, high = (low, mid) if eps(mid) <= target_epsilon else (mid, high)
+  return high
+
+
+def poisson_batch(*, seed: int, step: int, dataset_size: int, expected_batch: float, max_batch: int):
+  """(indices, mask): step `step`'s truncated Poisson sample, padded to `max_batch` rows (padding: index 0,
+  mask False). Sorted indices (reads in file order); a function of (seed, step) only."""
+  rng = np.random.default_rng([_SAMPLING_TAG, int(seed) & 0xFFFFFFFFFFFFFFFF, int(step)])
+  count = min(int(rng.binomial(dataset_size, expected_batch / dataset_size)), max_batch)
+  chosen = np.sort(rng.choice(dataset_size, size=count, replace=False)) if count else np.zeros(0, np.int64)
+  indices = np.zeros(max_batch, np.int64)
+  indices[:count] = chosen
+  mask = np.zeros(max_batch, bool)
+  mask[:count] = True
+  return indices, mask

@@ -1,0 +1,115 @@
+"""DP-SGD steps: per-example gradients clipped to a norm, Gaussian noise once on their sum: pure, like the others.
+
+    from tlgan.steps import private
+    step = functools.partial(private.train_step, clip_norm=1.0, noise_multiplier=1.1, expected_batch=256)
+    state, metrics = jax.jit(step, donate_argnums=0)(state, batch, rng)   # batch: image, label, mask
+
+The batch is a padded truncated Poisson sample (`tlgan.privacy.poisson_batch`): rows with mask False
+contribute nothing. Per-example clipped gradients come from `jax_privacy.clipped_grad` (vmap over examples,
+in micro-batches of `microbatch_size` when memory demands; a padding example's gradient is zero by
+construction, and NaN/Inf gradients are zeroed before clipping, so the sensitivity stays C whatever the data).
+Only the trainable parameters (not the 'frozen' group of `steps.classifier.make_optimizer`, e.g. a linear
+probe's backbone) get per-example gradients and noise. The noise is a function of (rng, step): a resumed run
+adds the noise an uninterrupted run adds. The noisy sum is divided by the expected batch size (public), and
+any optax optimiser follows (`state.tx`).
+
+Privacy needs models whose outputs for one example do not depend on the others: `state.bn_train` (BatchNorm
+in training mode) is refused.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from tlgan import param_groups
+from tlgan.steps import classifier as clf
+
+NOISE_TAG = 0xD1F  # keeps the noise stream apart from other streams folded from the same rng
+
+
+def trainable_mask(params, mode: str):
+  """True for parameters that learn in `mode` (the head only in 'linear_probe')."""
+  default = "frozen" if mode == "linear_probe" else "backbone"
+  return jax.tree.map(lambda group: group != "frozen", param_groups.labels(params, [(clf.HEAD, "head")], default))
+
+
+def split(params, mask):
+  """(trainable, frozen): two flat dicts path -> array."""
+  flat, flags = traverse_util.flatten_dict(params), traverse_util.flatten_dict(mask)
+  return ({k: v for k, v in flat.items() if flags[k]}, {k: v for k, v in flat.items() if not flags[k]})
+
+
+def gaussian_noise(rng, step, tree, std):
+  """N(0, std^2) for every leaf of `tree`, a function of (rng, step) and the leaf's position."""
+  key = jax.random.fold_in(jax.random.fold_in(rng, NOISE_TAG), step)
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten([std * jax.random.normal(k, x.shape, jnp.float32).astype(x.dtype)
+                            for k, x in zip(keys, leaves)])
+
+
+def clipped_grad_sum(state: clf.ClassifierState, batch, *, clip_norm: float, mode: str = "full",
+                     microbatch_size: Optional[int] = None):
+  """(sum over real examples of per-example gradients clipped to `clip_norm` (a flat dict of the trainable
+  parameters), per-example losses, per-example correctness, per-example gradient norms before clipping)."""
+  from jax_privacy import clipping
+
+  trainable, frozen = split(state.params, trainable_mask(state.params, mode))
+
+  def loss_fn(trainable, image, label):
+    params = traverse_util.unflatten_dict({**frozen, **trainable})
+    # train=False: no batch statistics (GroupNorm and frozen BatchNorm do not have a training mode anyway)
+    logits = state.model.apply({"params": params, "batch_stats": state.batch_stats}, image, train=False)
+    loss = jnp.mean(clf.cross_entropy(logits, label, state.num_classes, state.label_smoothing))
+    return loss, (loss, jnp.mean(jnp.argmax(logits, -1) == label))
+
+  grad_fn = clipping.clipped_grad(loss_fn, has_aux=True, l2_clip_norm=clip_norm, batch_argnums=(1, 2),
+                                  microbatch_size=microbatch_size, return_grad_norms=True)
+  grads, aux = grad_fn(trainable, batch["image"], batch["label"],
+                       is_padding_example=jnp.logical_not(batch["mask"]))
+  losses, correct = aux.aux
+  return grads, losses, correct, aux.grad_norms
+
+
+def train_step(state: clf.ClassifierState, batch: Dict[str, jax.Array], rng: jax.Array,
+               axis_name: Optional[str] = None, *, clip_norm: float, noise_multiplier: float,
+               expected_batch: float, mode: str = "full", microbatch_size: Optional[int] = None
+               ) -> Tuple[clf.ClassifierState, Dict[str, jax.Array]]:
+  """One DP-SGD update of a classifier on a padded Poisson batch (`batch['mask']` marks the real rows).
+
+  Args:
+    state: a `ClassifierState` whose model never mixes examples (`bn_train` False: GroupNorm, frozen
+      BatchNorm, or BatchNorm of a linear probe's frozen backbone).
+    batch: 'image', 'label' and 'mask' (bool), the same number of rows.
+    rng: the run's key; the noise of a step is drawn from (rng, state.step).
+    axis_name: under pmap, the device axis: clipped sums are added over it before the (single) noise.
+    clip_norm: C, the bound on each example's gradient norm.
+    noise_multiplier: sigma; the noise has standard deviation sigma * C.
+    expected_batch: q * N, the divisor of the noisy sum.
+    mode: 'full' or 'linear_probe' (which parameters get per-example gradients).
+    microbatch_size: examples per vmap (None: the whole batch at once).
+  """
+  if state.bn_train:
+    raise ValueError("DP-SGD with BatchNorm in training mode mixes examples (batch statistics of private data): "
+                     "use model.norm=group or frozen_batch")
+  grads, losses, correct, norms = clipped_grad_sum(state, batch, clip_norm=clip_norm, mode=mode,
+                                                   microbatch_size=microbatch_size)
+  real = batch["mask"].astype(jnp.float32)
+  sums = {"loss": jnp.sum(losses * real), "correct": jnp.sum(correct * real), "count": jnp.sum(real),
+          "clipped": jnp.sum((norms > clip_norm) * real), "norm": jnp.sum(norms * real)}
+  if axis_name is not None:
+    grads, sums = jax.lax.psum((grads, sums), axis_name)
+  noisy = jax.tree.map(jnp.add, grads, gaussian_noise(rng, state.step, grads, noise_multiplier * clip_norm))
+  flat = traverse_util.flatten_dict(state.params)
+  full = traverse_util.unflatten_dict({k: noisy[k] / expected_batch if k in noisy else jnp.zeros_like(v)
+                                       for k, v in flat.items()})
+  updates, opt_state = state.tx.update(full, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  count = jnp.maximum(sums["count"], 1.0)
+  metrics = {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count, "batch": sums["count"],
+             "clipped_fraction": sums["clipped"] / count, "grad_norm_mean": sums["norm"] / count,
+             "update_norm": optax.global_norm(full)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
