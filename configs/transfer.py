@@ -48,6 +48,8 @@ def get_config(arg=None):
   config.model.dtype = "float32"
   config.model.conv_impl = "auto"
   config.model.zero_init_residual = False
+  config.model.norm = "batch"  # 'group' (GroupNorm) or 'frozen_batch' (BatchNorm in inference mode): DP-safe
+  config.model.norm_groups = 32  # GroupNorm groups per layer (fewer in layers with fewer channels)
 
   config.init = ml_collections.ConfigDict()
   config.init.weights = "weights/resnet18.msgpack"  # tlgan weights file; '' = random init
@@ -65,6 +67,18 @@ def get_config(arg=None):
   config.augment = ml_collections.ConfigDict()
   config.augment.crop_padding = 4
   config.augment.flip = True
+
+  # Differentially private training (DP-SGD; configs/private.py): off here. batch_size is then the expected
+  # size of the Poisson-sampled batches.
+  config.dp = ml_collections.ConfigDict()
+  config.dp.enabled = False
+  config.dp.clip_norm = 1.0  # C: per-example gradients are clipped to this L2 norm
+  config.dp.noise_multiplier = 0.0  # sigma: noise std sigma * C on the sum (used when target_epsilon is 0)
+  config.dp.target_epsilon = 0.0  # > 0: calibrate sigma so that the whole run ends at this epsilon
+  config.dp.max_epsilon = 0.0  # > 0: refuse to start a run whose epsilon would exceed this budget
+  config.dp.delta = 0.0  # 0: the power of ten below 1/N
+  config.dp.max_batch = 0  # truncation of the Poisson batches; 0: 4 standard deviations above the expected size
+  config.dp.microbatch = 0  # per-example gradients held at once; 0: automatic (about 512 MB)
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.mode = "jit"  # or 'pmap' (explicit per-device collectives); both follow one trajectory

@@ -28,10 +28,11 @@ from tlgan import (config_checks, data, files, host_preprocessing, parallel, pre
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
-from tlgan.models.resnet import STEMS
+from tlgan.models.resnet import NORMS, STEMS
 from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
 from tlgan.steps import classifier as clf
 from tlgan.trainers import loop
+from tlgan.trainers import private
 
 RESNETS = tuple(arch for arch, info in pretrained.ARCHS.items() if info["module"])
 
@@ -41,6 +42,7 @@ CHOICES = {
     "data.name": data.DATASETS, "mode": clf.MODES, "optim.name": clf.OPTIMIZERS, "model.arch": RESNETS,
     "model.stem": STEMS, "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "parallel.mode": parallel.MODES,
     "model.channels": (1, 3), "data.pipeline": streaming.PIPELINES, "data.file_format": data.FILE_FORMATS,
+    "model.norm": NORMS,
 }
 _N = config_checks
 # Every numeric field (but model.channels, a choice), by meaning.
@@ -56,6 +58,9 @@ NUMBERS = {
     "optim.learning_rate": _N.POSITIVE, "optim.backbone_lr_factor": _N.NON_NEGATIVE, "optim.momentum": _N.FRACTION,
     "optim.weight_decay": _N.NON_NEGATIVE, "optim.warmup_epochs": _N.NON_NEGATIVE,
     "optim.label_smoothing": _N.FRACTION, "augment.crop_padding": _N.NON_NEGATIVE_INT,
+    "model.norm_groups": _N.POSITIVE_INT, "dp.clip_norm": _N.POSITIVE, "dp.noise_multiplier": _N.NON_NEGATIVE,
+    "dp.target_epsilon": _N.NON_NEGATIVE, "dp.max_epsilon": _N.NON_NEGATIVE, "dp.delta": _N.FRACTION,
+    "dp.max_batch": _N.NON_NEGATIVE_INT, "dp.microbatch": _N.NON_NEGATIVE_INT,
 }
 
 
@@ -68,12 +73,14 @@ def check_config(config, prefix: str = "") -> None:
   if config.model.num_classes and config.model.num_classes != spec.num_classes:
     raise ConfigError(f"{prefix}model.num_classes={config.model.num_classes} but {config.data.name} has "
                       f"{spec.num_classes} classes: set --config.{prefix}model.num_classes=0 (from the dataset)")
+  private.check_config(config, prefix)
 
 
 def build_model(config, num_classes: int, axis_name=None):
   m = config.model
   return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=COMPUTE_DTYPES[m.dtype],
-                              conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual, axis_name=axis_name)
+                              conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual, axis_name=axis_name,
+                              norm=m.norm, norm_groups=m.norm_groups)
 
 
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
@@ -213,7 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   wall_start = time.time()
   check_config(config)
   num_classes = data.spec(config.data.name).num_classes
-  sizes = parallel.batch_sizes(config.batch_size, config.grad_accum_steps)
+  dp_run = private.enabled(config)
+  # A DP run's batch_size is the expected size of its Poisson batches; the arrays hold dp.max_batch rows.
+  sizes = parallel.batch_sizes(jax.device_count() if dp_run else config.batch_size, config.grad_accum_steps)
   loop.check_workdir(workdir)
   if config.init.weights:  # fail on the weights file before loading any data
     check_init_weights(config)
@@ -224,6 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   load = dict(data_dir=config.data.data_dir or None, manual_dir=config.data.manual_dir or None,
               download=config.data.download, file_format=config.data.file_format)
   pipeline = choose_pipeline(config, load)
+  if dp_run and pipeline != "memory":
+    raise ConfigError("dp.enabled samples batches from data in memory: set data.pipeline=memory")
   if pipeline == "streaming":
     builder = data.get_builder(config.data.name, **load)
     image_shape = data.spec(config.data.name).image_shape
@@ -240,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   n_train = int(sum(len(s.images) for s in shards))
   if jax.process_count() > 1:
     n_train = int(np.sum(multihost_utils.process_allgather(np.int64(n_train))))
-  epoch_steps = steps_per_epoch(n_train, sizes.global_)
+  epoch_steps = steps_per_epoch(n_train, config.batch_size if dp_run else sizes.global_)
   if config.num_steps > 0:  # a fixed budget of steps (comparisons across dataset sizes) instead of epochs
     total_steps = config.num_steps
   else:
@@ -250,6 +261,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                total_steps / epoch_steps, epoch_steps)
 
   state, not_loaded = build_state(config, num_classes, total_steps, epoch_steps, axis_name=par.axis_name)
+  dp_plan = None
+  if dp_run:
+    trainable = private.trainable_parameters(state.params, config.mode)
+    dp_plan = private.plan(config, dataset_size=n_train, total_steps=total_steps, trainable_params=trainable)
+    sizes = parallel.batch_sizes(dp_plan.dp.max_batch)
   checkpointer = Checkpointer(
       os.path.join(workdir, "checkpoints"),
       meta={"experiment": "classifier", "dataset": config.data.name, "arch": config.model.arch},
@@ -266,7 +282,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   a = config.augment
   common = dict(image_size=config.model.image_size, channels=config.model.channels,
                 mean=IMAGENET_MEAN, std=IMAGENET_STD, source_size=config.data.source_size)
-  if pipeline == "streaming":  # the same batches, without TensorFlow
+  if dp_run:  # Poisson batches, preprocessed without TensorFlow
+    train_map = host_preprocessing.classifier_fn(train=True, crop_padding=a.crop_padding, flip=a.flip,
+                                                 seed=config.seed, **common)
+    eval_map, eval_batches = host_preprocessing.classifier_fn(train=False, **common), streaming.eval_batches
+    batches = private.batches(shards[0].images, shards[0].labels, dp_plan, seed=config.seed, start_step=start,
+                              map_fn=train_map)
+  elif pipeline == "streaming":  # the same batches, without TensorFlow
     train_map = host_preprocessing.classifier_fn(train=True, crop_padding=a.crop_padding, flip=a.flip,
                                                  seed=config.seed, **common)
     eval_map, eval_batches = host_preprocessing.classifier_fn(train=False, **common), streaming.eval_batches
@@ -296,11 +318,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return {"test_accuracy": res["accuracy"], "test_loss": res["loss"]}
 
   eval_every = max(1, int(round(config.eval_every_epochs * epoch_steps)))
+  hooks = ((eval_every, run_eval),)
+  step_fn = functools.partial(clf.train_step, accum_steps=config.grad_accum_steps)
+  if dp_run:
+    step_fn = private.step_fn(dp_plan, config.mode)
+    hooks += ((config.log_every, private.epsilon_hook(dp_plan)),)
   result = loop.run(
-      state=state, step_fn=functools.partial(clf.train_step, accum_steps=config.grad_accum_steps),
-      num_steps=total_steps, batches=map(par.put_batch, batches), rng=jax.random.key(config.seed), par=par,
-      config=config, workdir=workdir, checkpointer=checkpointer, start_step=start, global_batch=sizes.global_,
-      hooks=((eval_every, run_eval),))
+      state=state, step_fn=step_fn, num_steps=total_steps, batches=map(par.put_batch, batches),
+      rng=jax.random.key(config.seed), par=par, config=config, workdir=workdir, checkpointer=checkpointer,
+      start_step=start, global_batch=sizes.global_, hooks=hooks)
 
   final = results.get("last")
   names = class_names(config.data.name, num_classes)
@@ -344,5 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "backend": jax.default_backend(),
       "machine": reporting.machine(),  # the CPU (or accelerator) behind the times and rates above
   }
+  if dp_plan is not None:
+    summary["privacy"] = dp_plan.summary(result.step)
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

@@ -1,0 +1,168 @@
+"""DP-SGD for the classifier trainer (`config.dp.enabled`): the checks, the privacy plan, the batches, epsilon.
+
+The classifier trainer calls `check_config` with the other checks, `plan` once the training set's size and the
+number of steps are known (it calibrates the noise to `dp.target_epsilon`, or takes `dp.noise_multiplier`, and
+refuses a run whose epsilon would exceed `dp.max_epsilon`), then trains with `step_fn` on `batches`, logging
+`epsilon_hook`'s epsilon as it goes. Everything a run draws is a function of (seed, step): a resumed run reads the
+batches and adds the noise an uninterrupted run would, and its epsilon continues from the resumed step.
+"""
+
+import dataclasses
+import functools
+import itertools
+import logging
+import math
+from typing import Any, Callable, Dict, Iterator, Optional
+
+import jax
+import numpy as np
+
+from tlgan import privacy
+from tlgan.errors import ConfigError
+from tlgan.steps import private as private_step
+
+SAMPLING = "truncated Poisson (each example with probability q, at most max_batch kept)"
+ACCOUNTANT = "PLD (dp_accounting, TruncatedSubsampledGaussianDpEvent), add-or-remove-one"
+MICROBATCH_BYTES = 2**29  # per-example gradients held at once, when dp.microbatch is 0 (auto)
+
+
+def enabled(config) -> bool:
+  return "dp" in config and bool(config.dp.enabled)
+
+
+def check_config(config, prefix: str = "") -> None:
+  """What a DP run refuses from the config alone (one line each)."""
+  if not enabled(config):
+    return
+  d = config.dp
+  if config.model.norm == "batch" and config.mode == "full":
+    raise ConfigError(f"{prefix}dp.enabled with {prefix}model.norm=batch trains BatchNorm statistics on private data "
+                      f"(they mix examples): set {prefix}model.norm=group or frozen_batch")
+  if d.target_epsilon and d.noise_multiplier:
+    raise ConfigError(f"{prefix}dp.target_epsilon={d.target_epsilon} and {prefix}dp.noise_multiplier="
+                      f"{d.noise_multiplier} both set the noise: set one of them to 0")
+  if d.max_epsilon and d.target_epsilon > d.max_epsilon:
+    raise ConfigError(f"{prefix}dp.target_epsilon={d.target_epsilon} exceeds the budget {prefix}dp.max_epsilon="
+                      f"{d.max_epsilon}: lower the target or raise the budget")
+  if config.grad_accum_steps != 1:
+    raise ConfigError(f"{prefix}grad_accum_steps={config.grad_accum_steps} with {prefix}dp.enabled: DP runs "
+                      f"accumulate per-example gradients themselves; set {prefix}grad_accum_steps=1 (and "
+                      f"{prefix}dp.microbatch to bound memory)")
+  if config.data.pipeline == "streaming":
+    raise ConfigError(f"{prefix}dp.enabled samples batches from data in memory: set {prefix}data.pipeline=memory")
+  if config.data.num_shards > 1:
+    raise ConfigError(f"{prefix}dp.enabled samples from the whole training set in one process: set "
+                      f"{prefix}data.num_shards=0 and run one process")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  dp: privacy.DpSgd
+  clip_norm: float
+  microbatch: Optional[int]
+  calibrated: bool
+
+  def summary(self, steps: int) -> Dict[str, Any]:
+    eps = self.dp.epsilon(steps)
+    return {"epsilon": eps if math.isfinite(eps) else None, "private": math.isfinite(eps),
+            "delta": self.dp.delta, "noise_multiplier": self.dp.noise_multiplier,
+            "noise_calibrated_to_target": self.calibrated, "clip_norm": self.clip_norm,
+            "expected_batch": self.dp.expected_batch, "max_batch": self.dp.max_batch,
+            "dataset_size": self.dp.dataset_size, "sampling_probability": self.dp.sampling_probability,
+            "steps": steps, "sampling": SAMPLING, "accountant": ACCOUNTANT}
+
+
+def default_delta(dataset_size: int) -> float:
+  """The power of ten below 1/N (60,000 examples: 1e-5; 1,797: 1e-4)."""
+  return 10.0 ** math.floor(math.log10(1.0 / dataset_size) - 1e-12)
+
+
+def plan(config, *, dataset_size: int, total_steps: int, trainable_params: int) -> Plan:
+  """The run's privacy parameters; refuses, in one line, a run that would exceed `dp.max_epsilon`."""
+  if jax.process_count() > 1:
+    raise ConfigError("dp.enabled runs in one process (its sampling reads the whole training set): run one "
+                      "process, with any number of local devices")
+  d = config.dp
+  devices = jax.local_device_count()
+  delta = d.delta or default_delta(dataset_size)
+  if delta >= 1.0 / dataset_size:
+    raise ConfigError(f"dp.delta={delta:g} is not below 1/N = {1 / dataset_size:.3g} (N = {dataset_size} training "
+                      f"examples): set dp.delta=0 ({default_delta(dataset_size):g}) or a smaller value")
+  max_batch = d.max_batch or privacy.default_max_batch(config.batch_size, dataset_size, multiple=8 * devices)
+  if max_batch % devices:
+    raise ConfigError(f"dp.max_batch={max_batch} is not divisible by the {devices} devices: set a multiple of "
+                      f"{devices} (or 0: automatic)")
+  if config.batch_size > max_batch:
+    raise ConfigError(f"batch_size={config.batch_size} (the expected batch) exceeds dp.max_batch={max_batch}: "
+                      "set dp.max_batch=0 (automatic) or larger")
+  params = dict(dataset_size=dataset_size, expected_batch=float(config.batch_size), max_batch=max_batch, delta=delta)
+  sigma = d.noise_multiplier
+  if d.target_epsilon:
+    sigma = privacy.calibrate_noise(d.target_epsilon, steps=total_steps, **params)
+  dp = privacy.DpSgd(noise_multiplier=sigma, **params)
+  if d.max_epsilon:
+    eps = dp.epsilon(total_steps)
+    if eps > d.max_epsilon:
+      raise ConfigError(f"{total_steps} steps reach epsilon {eps:.3g} > dp.max_epsilon={d.max_epsilon} (delta "
+                        f"{delta:g}): train at most {steps_within(dp, d.max_epsilon, total_steps)} steps, or raise "
+                        "the noise (dp.noise_multiplier, or dp.target_epsilon to calibrate it)")
+  per_device = max_batch // devices
+  microbatch = d.microbatch or _auto_microbatch(per_device, trainable_params)
+  if per_device % microbatch:
+    raise ConfigError(f"dp.microbatch={microbatch} does not divide the {per_device} examples per device "
+                      f"(dp.max_batch {max_batch} / {devices} devices): choose a divisor, or 0 (automatic)")
+  result = Plan(dp=dp, clip_norm=float(d.clip_norm), microbatch=None if microbatch == per_device else microbatch,
+                calibrated=bool(d.target_epsilon))
+  logging.info("DP-SGD: N=%d, q=%.5f (expected batch %g, at most %d), sigma=%.4f%s, C=%g, delta=%g; after %d steps "
+               "epsilon=%.3f; per-example gradients in micro-batches of %d", dataset_size, dp.sampling_probability,
+               dp.expected_batch, max_batch, sigma, " (calibrated)" if d.target_epsilon else "", d.clip_norm, delta,
+               total_steps, dp.epsilon(total_steps), microbatch)
+  if sigma == 0:
+    logging.warning("DP-SGD without noise (dp.noise_multiplier=0): clipped, Poisson-sampled, and NOT private")
+  return result
+
+
+def steps_within(dp: privacy.DpSgd, budget: float, upper: int) -> int:
+  """The most steps (<= upper) whose epsilon stays within `budget`."""
+  low, high = 0, upper
+  while low < high:
+    mid = (low + high + 1) // 2
+    low, high = (mid, high) if dp.epsilon(mid) <= budget else (low, mid - 1)
+  return low
+
+
+def _auto_microbatch(per_device: int, trainable_params: int) -> int:
+  cap = max(1, MICROBATCH_BYTES // (4 * max(trainable_params, 1)))
+  return max(d for d in range(1, per_device + 1) if per_device % d == 0 and d <= cap)
+
+
+def trainable_parameters(params, mode: str) -> int:
+  """How many parameters get per-example gradients in `mode`."""
+  mask = private_step.trainable_mask(params, mode)
+  return int(sum(np.size(p) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m))
+
+
+def step_fn(plan_: Plan, mode: str) -> Callable:
+  return functools.partial(private_step.train_step, clip_norm=plan_.clip_norm,
+                           noise_multiplier=plan_.dp.noise_multiplier, expected_batch=plan_.dp.expected_batch,
+                           mode=mode, microbatch_size=plan_.microbatch)
+
+
+def batches(images: np.ndarray, labels: np.ndarray, plan_: Plan, *, seed: int, start_step: int,
+            map_fn: Callable) -> Iterator[Dict[str, np.ndarray]]:
+  """Step s's padded truncated Poisson batch, preprocessed by `map_fn(batch, step)` (NumPy, per example)."""
+  dp = plan_.dp
+  for step in itertools.count(start_step):
+    indices, mask = privacy.poisson_batch(seed=seed, step=step, dataset_size=dp.dataset_size,
+                                          expected_batch=dp.expected_batch, max_batch=dp.max_batch)
+    batch = map_fn({"image": images[indices], "label": labels[indices]}, step, 0)
+    yield {"image": batch["image"], "label": batch["label"].astype(np.int32), "mask": mask}
+
+
+def epsilon_hook(plan_: Plan) -> Callable:
+  """A loop hook: epsilon at the step reached (a function of the step count, so it continues on resume)."""
+  def hook(step, state):
+    del state
+    eps = plan_.dp.epsilon(step)
+    return {"epsilon": eps} if math.isfinite(eps) else {}  # no noise: no epsilon (the log says so once)
+  return hook
