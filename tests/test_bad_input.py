@@ -78,6 +78,7 @@ def files(tmp_path_factory, reference):
 
 
 CLF = ["--config=configs/transfer.py:smoke", "--config.num_steps=2", "--config.data.name=digits"]  # small, offline
+DP = ["--config=configs/private.py:digits,smoke"]
 BAD_INPUT = [
     # (id, command, args, message prefix[, environment])
     ("unknown config field", "main", GAN + ["--config.foo=1"], "error: --config.foo: the config has no field 'foo'"),
@@ -176,6 +177,16 @@ BAD_INPUT = [
     ("GAN metric network with Inf weights", "main", GAN + ["--config.eval.enabled=true",
                                                          "--config.eval.feature_weights={d}/inf.msgpack"],
      "error: {d}/inf.msgpack: params/layer2_0/conv1/kernel holds 1 NaN or Inf values"),
+    ("DP with BatchNorm statistics of private data", "main", DP + ["--config.model.norm=batch"],
+     "error: dp.enabled with model.norm=batch trains BatchNorm statistics on private data (they mix examples): set "
+     "model.norm=group or frozen_batch"),
+    ("DP run beyond its privacy budget", "main", DP + ["--config.dp.target_epsilon=0", "--config.dp.noise_multiplier=0.5",
+                                                       "--config.dp.max_epsilon=0.5"],
+     "error: 6 steps reach epsilon"),
+    ("DP delta not below 1/N", "main", DP + ["--config.dp.delta=0.01"],
+     "error: dp.delta=0.01 is not below 1/N = 0.000795 (N = 1258 training examples)"),
+    ("DP noise set twice", "main", DP + ["--config.dp.noise_multiplier=1.0"],
+     "error: dp.target_epsilon=3.0 and dp.noise_multiplier=1.0 both set the noise: set one of them to 0"),
     ("sample export --num 0", "sample", ["--workdir={d}/gan_run", "--num=0", "--output={d}/out.npz"],
      "error: --num must be positive, got 0"),
 ]

