@@ -71,6 +71,43 @@ def jax_resnet18(batch_size: int, conv_impl: str) -> JaxStep:
   return JaxStep("ResNet18 32x32 (SGD momentum, wd)", clf.train_step, state, batch)
 
 
+def _gn_resnet18_state(conv_impl: str):
+  from configs import transfer
+  from tlgan.trainers.classifier import build_state
+  config = transfer.get_config()
+  config.init.weights = ""
+  config.model.conv_impl = conv_impl
+  config.model.norm = "group"  # torchvision's resnet18 with GroupNorm(32, c): what Opacus trains
+  config.optim.learning_rate = 0.1
+  config.optim.warmup_epochs = 0.0
+  config.optim.weight_decay = 0.0
+  return build_state(config, num_classes=10, total_steps=10**6, epoch_steps=1, log=False)[0]
+
+
+def _resnet_batch(batch_size: int):
+  return {"image": jax.random.normal(jax.random.key(1), (batch_size, 32, 32, 3), jnp.float32),
+          "label": jax.random.randint(jax.random.key(2), (batch_size,), 0, 10)}
+
+
+def jax_gn_resnet18(batch_size: int, conv_impl: str) -> JaxStep:
+  """The non-private step of the model DP-SGD trains (GroupNorm ResNet18, SGD momentum)."""
+  from tlgan.steps import classifier as clf
+  return JaxStep("GroupNorm ResNet18 32x32 (non-private SGD)", clf.train_step, _gn_resnet18_state(conv_impl),
+                 _resnet_batch(batch_size))
+
+
+def jax_dp_resnet18(batch_size: int, conv_impl: str, microbatch: int = 0) -> JaxStep:
+  """DP-SGD on the GroupNorm ResNet18: per-example gradients clipped to 1, noise 1.0, every row real (the
+  Poisson batch at its expected size), per-example gradients in micro-batches of `microbatch` (0: all)."""
+  import functools
+  from tlgan.steps import private
+  step = functools.partial(private.train_step, clip_norm=1.0, noise_multiplier=1.0, expected_batch=batch_size,
+                           microbatch_size=microbatch or None)
+  batch = {**_resnet_batch(batch_size), "mask": jnp.ones((batch_size,), bool)}
+  return JaxStep(f"DP-SGD GroupNorm ResNet18 32x32 (micro-batch {microbatch or batch_size})", step,
+                 _gn_resnet18_state(conv_impl), batch)
+
+
 def jax_projected_gan(batch_size: int, conv_impl: str) -> JaxStep:
   """The DCGAN step with the projected discriminator (heads on a frozen ResNet18 up to layer3; random trunk
   weights here: the time does not depend on them)."""

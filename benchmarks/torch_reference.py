@@ -3,6 +3,7 @@
 * `TorchDCGAN`: pytorch/examples' DCGAN training iteration, adapted to 28x28: G: z=100 -> 256@7x7 ->
   128@14x14 -> 1@28x28, D mirrored, BCE-with-logits, Adam 2e-4 / (0.5, 0.999), N(0, 0.02) init.
 * `TorchResNet18`: torchvision's resnet18 (10 classes), SGD momentum 0.9, weight decay 5e-4, NCHW float32.
+* `TorchOpacusResNet18`: Opacus's DP-SGD on torchvision's resnet18 with GroupNorm (CPU only here).
 
 Both run on `device` ('cpu', 'cuda'); `dtype=torch.bfloat16` runs the forward and backward passes under
 autocast (parameters and optimiser stay float32, PyTorch's mixed-precision recipe, as tlgan's `model.dtype`).
@@ -10,6 +11,7 @@ autocast (parameters and optimiser stay float32, PyTorch's mixed-precision recip
 
 import contextlib
 import time
+import types
 
 import torch
 import torchvision
@@ -123,6 +125,49 @@ class TorchResNet18:
     with _autocast(self.device, self.dtype):
       logits = self.model(self.x)
     loss = self.criterion(logits.float(), self.y)
+    loss.backward()
+    self.opt.step()
+    float(loss.detach())
+    return time.perf_counter() - t
+
+
+def _basic_block_forward(self, x):
+  """torchvision's BasicBlock.forward with `out = out + identity` instead of `out += identity` (same maths)."""
+  identity = x if self.downsample is None else self.downsample(x)
+  out = self.relu(self.bn1(self.conv1(x)))
+  out = self.bn2(self.conv2(out))
+  return self.relu(out + identity)
+
+
+class TorchOpacusResNet18:
+  """Opacus DP-SGD on torchvision's resnet18 with GroupNorm(32, c) (what tlgan's dp_resnet18 step trains):
+  per-example gradients by Opacus's hooks, clipped to 1, noise multiplier 1.0, SGD momentum 0.9; one fixed
+  batch (Opacus's Poisson sampling lives in its DataLoader, outside the timed step)."""
+
+  def __init__(self, batch_size: int, seed: int = 0, device: str = "cpu"):
+    import opacus
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=10, norm_layer=lambda c: nn.GroupNorm(32, c)).train().to(device)
+    for m in model.modules():  # Opacus's backward hooks forbid in-place ops on hooked modules' outputs
+      if isinstance(m, nn.ReLU):
+        m.inplace = False
+      if isinstance(m, torchvision.models.resnet.BasicBlock):
+        m.forward = types.MethodType(_basic_block_forward, m)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    self.x = torch.randn(batch_size, 3, 32, 32, device=device)
+    self.y = torch.randint(0, 10, (batch_size,), device=device)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(self.x, self.y), batch_size=batch_size)
+    engine = opacus.PrivacyEngine(accountant="prv")
+    self.model, self.opt, _ = engine.make_private(module=model, optimizer=opt, data_loader=loader,
+                                                  noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False)
+    self.criterion = nn.CrossEntropyLoss()
+    for _ in range(2):
+      self.run()
+
+  def run(self) -> float:
+    t = time.perf_counter()
+    self.opt.zero_grad(set_to_none=True)
+    loss = self.criterion(self.model(self.x), self.y)
     loss.backward()
     self.opt.step()
     float(loss.detach())

@@ -41,6 +41,13 @@ def test_epsilon_of_a_published_setting_equals_dp_accountings_own():
   assert truncated.max_batch == 320
   assert ours < truncated.epsilon(ABADI_STEPS) < ours * 1.02
   assert privacy.DpSgd(max_batch=256, **ABADI).epsilon(ABADI_STEPS) > 3 * ours
+  # a peer library's independent implementations (Opacus's PRV and RDP accountants) agree
+  opacus = pytest.importorskip("opacus.accountants")
+  prv, rdp_opacus = opacus.PRVAccountant(), opacus.RDPAccountant()
+  for acc in (prv, rdp_opacus):
+    acc.history = [(1.1, q, ABADI_STEPS)]
+  assert prv.get_epsilon(1e-5) == pytest.approx(ours, rel=0.01)
+  assert rdp_opacus.get_epsilon(1e-5) == pytest.approx(rdp.get_epsilon(1e-5), rel=1e-6)
   # the accountant's own event gives the same number
   acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=privacy.DISCRETISATION)
   acc.compose(truncated.dp_event(ABADI_STEPS))
@@ -130,9 +137,11 @@ def test_clipped_gradient_sum_equals_an_explicit_per_example_loop():
 
   real = np.flatnonzero(np.asarray(batch["mask"]))
   per_example = [example_grad(state.params, batch["image"][i], batch["label"][i]) for i in real]
-  clipped = jax.jit(lambda state, batch, clip: private.clipped_grad_sum(state, batch, clip_norm=clip))
-  for clip in (1e-3, 0.5, 1e6):  # every example clipped / some / none
-    grads, losses, correct, norms = clipped(state, batch, clip)
+  clipped = jax.jit(lambda state, batch, clip, impl, micro: private.clipped_grad_sum(
+      state, batch, clip_norm=clip, impl=impl, microbatch_size=micro), static_argnums=(3, 4))
+  for clip, impl, micro in ((1e-3, "reweight", None), (0.5, "reweight", 2), (1e6, "reweight", 3),
+                            (0.5, "materialize", None), (1e6, "materialize", 2)):  # all / some / none clipped
+    grads, losses, correct, norms = clipped(state, batch, clip, impl, micro)
     expected = jax.tree.map(jnp.zeros_like, state.params)
     for i, g in zip(real, per_example):
       norm = math.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(g)))
@@ -142,6 +151,19 @@ def test_clipped_gradient_sum_equals_an_explicit_per_example_loop():
     assert set(flat) == set(grads)
     for k in flat:
       np.testing.assert_allclose(grads[k], flat[k], rtol=2e-4, atol=1e-7 * max(clip, 1e-3))
+
+
+@pytest.mark.parametrize("impl", private.IMPLS)
+def test_a_row_whose_gradient_is_not_finite_contributes_nothing(impl):
+  state = _state()
+  batch = _batch()
+  clipped = jax.jit(lambda state, batch: private.clipped_grad_sum(state, batch, clip_norm=0.5, impl=impl))
+  nan_row = {**batch, "image": batch["image"].at[2].set(jnp.nan)}
+  without = {**batch, "mask": batch["mask"].at[2].set(False)}
+  a, b = clipped(state, nan_row)[0], clipped(state, without)[0]
+  for k in a:
+    assert np.all(np.isfinite(a[k]))
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)
 
 
 def test_noise_has_the_stated_std_and_is_a_function_of_rng_and_step():
