@@ -65,23 +65,45 @@ def _example_losses(state: clf.ClassifierState, frozen, trainable, images, label
           (jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
 
-def per_example_grad_norms(state, frozen, trainable, images, labels, real, microbatch_size=None):
-  """||grad of example i's loss|| for every row, in micro-batches of `microbatch_size` (vmap inside, chunks in
-  sequence; chunks with no real row are skipped)."""
-  def norm_of(image, label):
-    loss = lambda t: _example_losses(state, frozen, t, image[None], label[None])[0][0]
-    return optax.global_norm(jax.grad(loss)(trainable))
+def per_example_grad_norms(example_losses, params, inputs, real, microbatch_size=None):
+  """||grad of example i's loss|| for every row of `inputs` (a pytree of arrays with a leading batch axis);
+  `example_losses(params, inputs) -> (losses (N,), aux)`. In micro-batches of `microbatch_size` (vmap inside,
+  chunks in sequence; chunks with no real row are skipped)."""
+  def norm_of(example):
+    loss = lambda p: example_losses(p, jax.tree.map(lambda x: x[None], example))[0][0]
+    return optax.global_norm(jax.grad(loss)(params))
 
-  n = images.shape[0]
+  n = real.shape[0]
   size = microbatch_size or n
   if size >= n:
-    return jax.vmap(norm_of)(images, labels)
+    return jax.vmap(norm_of)(inputs)
   chunks = lambda x: x.reshape(n // size, size, *x.shape[1:])
 
   def chunk_norms(args):
-    x, y, r = args
-    return jax.lax.cond(jnp.any(r), lambda: jax.vmap(norm_of)(x, y), lambda: jnp.zeros((size,), jnp.float32))
-  return jax.lax.map(chunk_norms, (chunks(images), chunks(labels), chunks(real))).reshape(n)
+    example_chunk, r = args
+    return jax.lax.cond(jnp.any(r), lambda: jax.vmap(norm_of)(example_chunk),
+                        lambda: jnp.zeros((size,), jnp.float32))
+  return jax.lax.map(chunk_norms, (jax.tree.map(chunks, inputs), chunks(real))).reshape(n)
+
+
+def reweighted_clipped_sum(example_losses, params, inputs, real, *, clip_norm, microbatch_size=None):
+  """(sum over real rows of per-example gradients clipped to `clip_norm`, per-example losses, aux, norms).
+
+  Per-example gradient norms first, then ONE batched gradient of sum_i c_i loss_i with c_i = min(1, C/||g_i||)
+  held constant: that is sum_i c_i g_i because example i's loss depends on no other example (the models DP-SGD
+  accepts never mix examples; `example_losses` must not either). A padding row, or a row whose norm is not
+  finite, gets c_i = 0 and zeroed inputs in the batched pass: it contributes exactly nothing."""
+  norms = per_example_grad_norms(example_losses, params, inputs, real, microbatch_size)
+  ok = real & jnp.isfinite(norms)
+  scale = jnp.where(ok, jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-30)), 0.0)
+  safe = jax.tree.map(lambda x: jnp.where(ok.reshape(-1, *([1] * (x.ndim - 1))), x, jnp.zeros_like(x)), inputs)
+
+  def weighted(p):
+    losses, aux = example_losses(p, safe)
+    return jnp.sum(jax.lax.stop_gradient(scale) * losses), (losses, aux)
+
+  grads, (losses, aux) = jax.grad(weighted, has_aux=True)(params)
+  return grads, losses, aux, norms
 
 
 def clipped_grad_sum(state: clf.ClassifierState, batch, *, clip_norm: float, mode: str = "full",
@@ -89,12 +111,8 @@ def clipped_grad_sum(state: clf.ClassifierState, batch, *, clip_norm: float, mod
   """(sum over real examples of per-example gradients clipped to `clip_norm` (a flat dict of the trainable
   parameters), per-example losses, per-example correctness, per-example gradient norms before clipping).
 
-  impl='reweight' (default): per-example gradient norms first (vmap of the gradient's norm), then ONE batched
-  gradient of sum_i c_i loss_i with c_i = min(1, C / ||g_i||) held constant, which is sum_i c_i g_i because example
-  i's loss depends on no other example (the models DP-SGD accepts never mix examples). Per-example
-  gradients are never summed as a (batch x parameters) array: 7x faster than materialising them on a 2-core
-  CPU for ResNet18 at batch 32. A non-finite norm gives c_i = 0 and that row's input is zeroed in the batched
-  pass, so the sum stays bounded by C per example whatever the data.
+  impl='reweight' (default): `reweighted_clipped_sum`; per-example gradients are never summed as a
+  (batch x parameters) array: 4x faster than materialising them for ResNet18 at batch 128 on a 2-core CPU.
   impl='materialize': jax_privacy's `clipped_grad` (per-example gradients, clipped and summed): the reference.
   """
   if impl not in IMPLS:
@@ -114,17 +132,9 @@ def clipped_grad_sum(state: clf.ClassifierState, batch, *, clip_norm: float, mod
     losses, correct = aux.aux
     return grads, losses, correct, aux.grad_norms
 
-  norms = per_example_grad_norms(state, frozen, trainable, images, labels, real, microbatch_size)
-  ok = real & jnp.isfinite(norms)
-  scale = jnp.where(ok, jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-30)), 0.0)
-  safe_images = jnp.where(ok.reshape(-1, *([1] * (images.ndim - 1))), images, jnp.zeros_like(images))
-
-  def weighted(trainable):
-    losses, correct = _example_losses(state, frozen, trainable, safe_images, labels)
-    return jnp.sum(jax.lax.stop_gradient(scale) * losses), (losses, correct)
-
-  grads, (losses, correct) = jax.grad(weighted, has_aux=True)(trainable)
-  return grads, losses, correct, norms
+  example_losses = lambda t, ex: _example_losses(state, frozen, t, ex["image"], ex["label"])
+  return reweighted_clipped_sum(example_losses, trainable, {"image": images, "label": labels}, real,
+                                clip_norm=clip_norm, microbatch_size=microbatch_size)
 
 
 def train_step(state: clf.ClassifierState, batch: Dict[str, jax.Array], rng: jax.Array,
