@@ -14,7 +14,7 @@ Discriminative learning rates: --config.optim.backbone_lr_factor=0.1 (backbone l
 
 import ml_collections
 
-from configs import variants
+from configs import privacy, variants
 
 
 def get_config(arg=None):
@@ -68,17 +68,7 @@ def get_config(arg=None):
   config.augment.crop_padding = 4
   config.augment.flip = True
 
-  # Differentially private training (DP-SGD; configs/private.py): off here. batch_size is then the expected
-  # size of the Poisson-sampled batches.
-  config.dp = ml_collections.ConfigDict()
-  config.dp.enabled = False
-  config.dp.clip_norm = 1.0  # C: per-example gradients are clipped to this L2 norm
-  config.dp.noise_multiplier = 0.0  # sigma: noise std sigma * C on the sum (used when target_epsilon is 0)
-  config.dp.target_epsilon = 0.0  # > 0: calibrate sigma so that the whole run ends at this epsilon
-  config.dp.max_epsilon = 0.0  # > 0: refuse to start a run whose epsilon would exceed this budget
-  config.dp.delta = 0.0  # 0: the power of ten below 1/N
-  config.dp.max_batch = 0  # truncation of the Poisson batches; 0: 4 standard deviations above the expected size
-  config.dp.microbatch = 0  # per-example gradients held at once; 0: automatic (about 512 MB)
+  config.dp = privacy.dp_section()  # DP-SGD (configs/private.py): off here
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.mode = "jit"  # or 'pmap' (explicit per-device collectives); both follow one trajectory

@@ -23,6 +23,13 @@ def hinge_g_loss(fake_logits):
   return -jnp.mean(fake_logits)
 
 
+# D's loss as mean(real term) + mean(fake term), term by term and per example: a private discriminator clips the
+# per-example gradients of the real term (the only one that reads private data).
+D_TERMS = {
+    "nonsaturating": (lambda real_logits: jax.nn.softplus(-real_logits), lambda fake_logits: jax.nn.softplus(fake_logits)),
+    "hinge": (lambda real_logits: jax.nn.relu(1.0 - real_logits), lambda fake_logits: jax.nn.relu(1.0 + fake_logits)),
+}
+
 LOSSES = {
     "nonsaturating": (nonsaturating_d_loss, nonsaturating_g_loss),
     "hinge": (hinge_d_loss, hinge_g_loss),

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tlgan.models.layers import Conv, ConvTranspose
+from tlgan.models.layers import Conv, ConvTranspose, GroupNorm
 
 dcgan_init = nn.initializers.normal(0.02)
 
@@ -77,10 +77,15 @@ class Generator(_DCGANModule):
     return jnp.tanh(x.astype(jnp.float32))
 
 
+D_NORMS = ("batch", "group")  # 'group': GroupNorm, which never mixes examples (a private D)
+
+
 def d_block_layers(num_blocks: int) -> Tuple[str, ...]:
   """The names of the layers in D's first `num_blocks` blocks from the image side (block i: its convolution
-  `Conv_i` and, but for the first, the BatchNorm after it, `BatchNorm_{i-1}`): what FreezeD freezes."""
-  return tuple(f"Conv_{i}" for i in range(num_blocks)) + tuple(f"BatchNorm_{i - 1}" for i in range(1, num_blocks))
+  `Conv_i` and, but for the first, the normalisation after it, `BatchNorm_{i-1}` or `GroupNorm_{i-1}`): what
+  FreezeD freezes."""
+  return (tuple(f"Conv_{i}" for i in range(num_blocks))
+          + tuple(f"{kind}_{i - 1}" for i in range(1, num_blocks) for kind in ("BatchNorm", "GroupNorm")))
 
 
 class Discriminator(_DCGANModule):
@@ -89,13 +94,19 @@ class Discriminator(_DCGANModule):
   Its layers are named explicitly (`d_block_layers` and checkpoints depend on the names); the names are the
   ones flax gave them automatically before, so older checkpoints load and initialisation is unchanged."""
 
+  norm: str = "batch"  # or 'group' (see D_NORMS)
+
   @nn.compact
   def __call__(self, x, train: bool = True):
+    if self.norm not in D_NORMS:
+      raise ValueError(f"norm must be one of {D_NORMS}, got {self.norm!r}")
     widths = stage_widths(self.image_shape[0], self.features)
     for i, width in enumerate(widths):
       x = Conv(width, (4, 4), (2, 2), (1, 1), use_bias=(i == 0), impl=self.conv_impl,
                kernel_init=dcgan_init, dtype=self.dtype, name=f"Conv_{i}")(x)
-      if i > 0:
+      if i > 0 and self.norm == "group":
+        x = GroupNorm(num_groups=min(32, width // 4), dtype=self.dtype, name=f"GroupNorm_{i - 1}")(x)
+      elif i > 0:
         x = _batch_norm(train, self.axis_name, self.dtype, name=f"BatchNorm_{i - 1}")(x)
       x = nn.leaky_relu(x, 0.2)
     x = x.reshape(x.shape[0], -1)

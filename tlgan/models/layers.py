@@ -132,3 +132,28 @@ class ConvTranspose(Conv):
   strides: Sequence[int] = (2, 2)
   padding: Sequence[int] = (1, 1)
   op = staticmethod(conv_transpose2d)
+
+
+class GroupNorm(nn.Module):
+  """torch.nn.GroupNorm(min(num_groups, C), C) on NHWC: eps 1e-5, biased variance of each group of C/groups
+  channels over an example's spatial positions (statistics of one example only)."""
+  num_groups: int = 32
+  epsilon: float = 1e-5
+  scale_init: Callable = nn.initializers.ones
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    groups = min(self.num_groups, c)
+    if c % groups:
+      raise ValueError(f"GroupNorm: {c} channels do not split into {groups} groups: choose a group count that "
+                       f"divides every stage's width (model.norm_groups)")
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    xf = x.astype(jnp.float32).reshape(*x.shape[:-1], groups, c // groups)
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # spatial positions and the channels of a group
+    mean = jnp.mean(xf, axes, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
+    y = ((xf - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape) * scale + bias
+    return y.astype(self.dtype or x.dtype)

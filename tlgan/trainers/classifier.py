@@ -58,9 +58,7 @@ NUMBERS = {
     "optim.learning_rate": _N.POSITIVE, "optim.backbone_lr_factor": _N.NON_NEGATIVE, "optim.momentum": _N.FRACTION,
     "optim.weight_decay": _N.NON_NEGATIVE, "optim.warmup_epochs": _N.NON_NEGATIVE,
     "optim.label_smoothing": _N.FRACTION, "augment.crop_padding": _N.NON_NEGATIVE_INT,
-    "model.norm_groups": _N.POSITIVE_INT, "dp.clip_norm": _N.POSITIVE, "dp.noise_multiplier": _N.NON_NEGATIVE,
-    "dp.target_epsilon": _N.NON_NEGATIVE, "dp.max_epsilon": _N.NON_NEGATIVE, "dp.delta": _N.FRACTION,
-    "dp.max_batch": _N.NON_NEGATIVE_INT, "dp.microbatch": _N.NON_NEGATIVE_INT,
+    "model.norm_groups": _N.POSITIVE_INT, **private.numbers(),
 }
 
 

@@ -8,6 +8,7 @@ with the workdir's checkpoint (and restore it), load the data; only then write a
 """
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -23,12 +24,13 @@ from tlgan import (config_checks, data, feature_networks, files, param_groups, p
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.losses import LOSSES
-from tlgan.models.dcgan import Discriminator, Generator, d_block_layers, num_upsamplings
+from tlgan.models.dcgan import D_NORMS, Discriminator, Generator, d_block_layers, num_upsamplings
 from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
 from tlgan.models.projected import ProjectedDiscriminator, load_trunk
 from tlgan.models.resnet import STAGES
 from tlgan.steps import gan as gan_step
-from tlgan.trainers import gan_eval, loop
+from tlgan.steps import private_gan
+from tlgan.trainers import gan_eval, loop, private
 
 
 BEST_METRIC = "fd"  # the main metric network's FD, stored with the checkpoints saved at evaluations
@@ -38,6 +40,7 @@ CHOICES = {
     "data.name": data.DATASETS, "loss": LOSSES, "model.discriminator": DISCRIMINATORS,
     "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "model.d_trunk_stages": STAGES,
     "parallel.mode": parallel.MODES, "data.pipeline": streaming.PIPELINES, "data.file_format": data.FILE_FORMATS,
+    "model.d_norm": D_NORMS,
 }
 _N = config_checks
 # Every numeric field but the evaluation's (gan_eval.NUMBERS), by meaning.
@@ -49,7 +52,7 @@ MODEL_NUMBERS = {
     "data.workers": _N.NON_NEGATIVE_INT,
     "transfer.freeze_d_layers": _N.NON_NEGATIVE_INT, "log_every": _N.POSITIVE_INT, "sample_every": _N.POSITIVE_INT,
     "checkpoint_every": _N.POSITIVE_INT, "keep_checkpoints": _N.POSITIVE_INT, "num_sample_images": _N.POSITIVE_INT,
-    "inject_nan_at_step": _N.NON_NEGATIVE_INT,
+    "inject_nan_at_step": _N.NON_NEGATIVE_INT, **private.numbers(),
 }
 NUMBERS = {**MODEL_NUMBERS, **gan_eval.NUMBERS}
 
@@ -79,6 +82,7 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
   if not 0 <= frozen <= num_blocks:
     raise ConfigError(f"transfer.freeze_d_layers={frozen}, but D has {num_blocks} convolution blocks: "
                       f"use 1..{num_blocks} (or 0: nothing frozen)")
+  private.check_config(config)
 
 
 def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) -> gan_step.GANState:
@@ -97,7 +101,7 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
                                            **kwargs)
     d_tx = param_groups.freeze(d_tx, ["trunk"])
   else:
-    discriminator = Discriminator(features=m.d_features, **kwargs)
+    discriminator = Discriminator(features=m.d_features, norm=m.d_norm, **kwargs)
   if config.transfer.freeze_d_layers:  # FreezeD (Mo et al., 2020): D's lowest blocks keep their parameters
     d_tx = param_groups.freeze(d_tx, d_block_layers(config.transfer.freeze_d_layers))
   init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
@@ -178,6 +182,18 @@ def training_data(config, ds_spec, per_process_batch: int, start: int):
                                             start_step=start)
 
 
+def private_training_images(config) -> np.ndarray:
+  """A private run's training images, in memory, in one process (its Poisson sampling reads them all)."""
+  d = config.data
+  if d.pipeline == "streaming":
+    raise ConfigError("dp.enabled samples batches from data in memory: set data.pipeline=memory")
+  shards = data.load_shards(d.name, d.split, num_shards=1, process_index=0, process_count=1,
+                            data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, download=d.download,
+                            file_format=d.file_format)
+  loop.log_shards(d.name, shards)
+  return shards[0].images
+
+
 def best_checkpoint(checkpointer: Checkpointer, evaluator) -> Any:
   """{step, FD key: value} of the checkpoint kept for its lowest FD during training (None without one)."""
   step = checkpointer.best_step() if evaluator is not None else None
@@ -207,7 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   wall_start = time.time()
   check_config(config)
   ds_spec = data.spec(config.data.name)
-  sizes = parallel.batch_sizes(config.batch_size)
+  dp_run = private.enabled(config)
+  # A private run's batch_size is the expected size of its Poisson batches; the arrays hold dp.max_batch rows.
+  sizes = parallel.batch_sizes(jax.device_count() if dp_run else config.batch_size)
   loop.check_workdir(workdir)
   par = parallel.Parallel(config.parallel.mode)
   logging.info("Parallel mode %s: %s", par.mode, parallel.describe())
@@ -216,7 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               meta={"experiment": "gan", "dataset": config.data.name,
                                     "image_shape": list(ds_spec.image_shape)},
                               max_to_keep=config.keep_checkpoints, best_metric=BEST_METRIC,
-                              config=config.to_dict(), free_fields=FREE_FIELDS,
+                              config=config.to_dict(),
+                              # a private run's noise is calibrated to its number of steps: not free there
+                              free_fields=tuple(f for f in FREE_FIELDS if not (dp_run and f == "num_steps")),
                               allow_config_change=allow_config_change)
   state, restored = checkpointer.restore_latest(state)
   if restored is None and config.transfer.init_workdir:  # resume order: this workdir > the source run > scratch
@@ -228,7 +248,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  config.num_steps)
     return done
 
-  images, batches = training_data(config, ds_spec, sizes.per_process, start)
+  dp_plan = None
+  if dp_run:
+    images = private_training_images(config)
+    d_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.d_params))
+    dp_plan = private.plan(config, dataset_size=len(images), total_steps=config.num_steps, trainable_params=d_params)
+    sizes = parallel.batch_sizes(dp_plan.dp.max_batch)
+    batches = private.batches(images, np.zeros(len(images), np.int32), dp_plan, seed=config.seed, start_step=start,
+                              map_fn=streaming.gan_preprocessing)
+  else:
+    images, batches = training_data(config, ds_spec, sizes.per_process, start)
   batches = loop.poison_batches(batches, config.inject_nan_at_step, start)
   stopping.check("reading the training data")
   evaluator = None
@@ -251,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     reporting.save_image_grid(os.path.join(workdir, "samples.png"), images)
 
   def to_device(batch):
-    return par.put_batch({"image": batch["image"]})
+    return par.put_batch({"image": batch["image"], **({"mask": batch["mask"]} if dp_run else {})})
 
   def evaluate(step, state):
     logging.info("Evaluating %d samples at step %d", config.eval.num_samples, step)
@@ -260,8 +289,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   hooks = [(config.sample_every, write_samples)]
   if evaluator is not None:
     hooks.append((config.eval.every, evaluate))
+  step_fn = gan_step.train_step
+  if dp_run:
+    step_fn = functools.partial(private_gan.train_step, clip_norm=dp_plan.clip_norm,
+                                noise_multiplier=dp_plan.dp.noise_multiplier, expected_batch=dp_plan.dp.expected_batch,
+                                microbatch_size=dp_plan.microbatch)
+    hooks.append((config.log_every, private.epsilon_hook(dp_plan)))
   result = loop.run(
-      state=state, step_fn=gan_step.train_step, batches=map(to_device, batches), rng=rng, par=par,
+      state=state, step_fn=step_fn, batches=map(to_device, batches), rng=rng, par=par,
       config=config, workdir=workdir, checkpointer=checkpointer, start_step=start,
       global_batch=sizes.global_, hooks=hooks, best_metric=(evaluator.fd_key, BEST_METRIC) if evaluator else None)
 
@@ -303,5 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "samples": "samples.png",
       "loss_curve": "losses.png",
   }
+  if dp_plan is not None:
+    summary["privacy"] = dp_plan.summary(result.step)
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary

@@ -21,6 +21,14 @@ from tlgan import privacy
 from tlgan.errors import ConfigError
 from tlgan.steps import private as private_step
 
+def numbers():
+  """The dp section's numeric fields, by meaning (for the trainers' NUMBERS tables)."""
+  from tlgan import config_checks as n
+  return {"dp.clip_norm": n.POSITIVE, "dp.noise_multiplier": n.NON_NEGATIVE, "dp.target_epsilon": n.NON_NEGATIVE,
+          "dp.max_epsilon": n.NON_NEGATIVE, "dp.delta": n.FRACTION, "dp.max_batch": n.NON_NEGATIVE_INT,
+          "dp.microbatch": n.NON_NEGATIVE_INT}
+
+
 SAMPLING = "truncated Poisson (each example with probability q, at most max_batch kept)"
 ACCOUNTANT = "PLD (dp_accounting, TruncatedSubsampledGaussianDpEvent), add-or-remove-one"
 MICROBATCH_BYTES = 2**29  # per-example gradients held at once, when dp.microbatch is 0 (auto)
@@ -35,16 +43,26 @@ def check_config(config, prefix: str = "") -> None:
   if not enabled(config):
     return
   d = config.dp
-  if config.model.norm == "batch" and config.mode == "full":
+  if "mode" in config and config.model.norm == "batch" and config.mode == "full":  # a classifier
     raise ConfigError(f"{prefix}dp.enabled with {prefix}model.norm=batch trains BatchNorm statistics on private data "
                       f"(they mix examples): set {prefix}model.norm=group or frozen_batch")
+  if "discriminator" in config.model:  # a GAN: D is the network that reads private data
+    if config.model.discriminator != "dcgan":
+      raise ConfigError(f"dp.enabled trains the DCGAN discriminator privately; model.discriminator="
+                        f"{config.model.discriminator} is not supported yet: set model.discriminator=dcgan")
+    if config.model.d_norm == "batch":
+      raise ConfigError("dp.enabled with model.d_norm=batch: D's BatchNorm mixes private examples: set "
+                        "model.d_norm=group")
+    if config.transfer.init_workdir:
+      raise ConfigError("dp.enabled with transfer.init_workdir: a D trained elsewhere may have seen this private "
+                        "data without accounting: set transfer.init_workdir=''")
   if d.target_epsilon and d.noise_multiplier:
     raise ConfigError(f"{prefix}dp.target_epsilon={d.target_epsilon} and {prefix}dp.noise_multiplier="
                       f"{d.noise_multiplier} both set the noise: set one of them to 0")
   if d.max_epsilon and d.target_epsilon > d.max_epsilon:
     raise ConfigError(f"{prefix}dp.target_epsilon={d.target_epsilon} exceeds the budget {prefix}dp.max_epsilon="
                       f"{d.max_epsilon}: lower the target or raise the budget")
-  if config.grad_accum_steps != 1:
+  if config.get("grad_accum_steps", 1) != 1:
     raise ConfigError(f"{prefix}grad_accum_steps={config.grad_accum_steps} with {prefix}dp.enabled: DP runs "
                       f"accumulate per-example gradients themselves; set {prefix}grad_accum_steps=1 (and "
                       f"{prefix}dp.microbatch to bound memory)")

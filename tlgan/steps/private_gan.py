@@ -1,0 +1,108 @@
+"""The private GAN step: D trained with DP-SGD on the private images, G only through D. Pure, like the others.
+
+    from tlgan.steps import private_gan
+    step = functools.partial(private_gan.train_step, clip_norm=1.0, noise_multiplier=1.0, expected_batch=64)
+    state, metrics = jax.jit(step, donate_argnums=0)(state, batch, rng)    # batch: image, mask
+
+Why this is private (the argument the README states): D's loss is mean_i real(D(x_i)) + mean_j fake(D(G(z_j)))
+(`tlgan.losses.D_TERMS`). Only the real term reads private data; its per-example gradients are clipped to C and
+summed, Gaussian noise N(0, (sigma C)^2) is added once, and the sum is divided by the expected batch — the DP-SGD
+mechanism the accountant charges for. The fake term's gradient is a function of D's current parameters (already
+a private output) and of G's (a function of earlier private outputs and public noise) only: post-processing, no
+privacy cost, so it is added exactly, without clipping or noise. G's update reads only the updated D and its own
+fakes: post-processing again. D must not mix examples (GroupNorm, not BatchNorm: `Discriminator(norm='group')`);
+G's BatchNorm sees fakes only and is fine.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tlgan.losses import D_TERMS, get_losses
+from tlgan.steps.gan import GANState
+from tlgan.steps.private import gaussian_noise, reweighted_clipped_sum
+
+
+def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axis_name: Optional[str] = None, *,
+               clip_norm: float, noise_multiplier: float, expected_batch: float,
+               microbatch_size: Optional[int] = None) -> Tuple[GANState, Dict[str, jax.Array]]:
+  """One private D update on a padded Poisson batch of real images (`batch['mask']`), then one G update.
+
+  Args:
+    state: a `GANState` whose discriminator never mixes examples (no BatchNorm).
+    batch: 'image' (real images in [-1, 1], NHWC) and 'mask' (bool: the real rows of the Poisson sample).
+    rng: the run's key: latents and noise of step s come from (rng, s).
+    axis_name: under pmap, the device axis.
+    clip_norm, noise_multiplier, expected_batch, microbatch_size: as `tlgan.steps.private.train_step`.
+  """
+  if state.d_batch_stats:
+    raise ValueError("a private discriminator must not mix examples: BatchNorm statistics of private images are "
+                     "refused; use model.d_norm=group")
+  real_term, fake_term = D_TERMS[state.loss]
+  _, g_loss_fn = get_losses(state.loss)
+  key = jax.random.fold_in(rng, state.step)
+  real, mask = batch["image"], batch["mask"]
+  n = real.shape[0]
+  if axis_name is None:
+    z = jax.random.normal(key, (n, state.latent_dim), jnp.float32)
+  else:  # this device's rows of the global batch's latents
+    size, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
+    z = jax.lax.dynamic_slice_in_dim(jax.random.normal(key, (size * n, state.latent_dim), jnp.float32), i * n, n)
+  generator, discriminator = state.generator, state.discriminator
+
+  def generate(g_params):
+    fake, new_vars = generator.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z,
+                                     train=True, mutable=["batch_stats"])
+    return fake, new_vars["batch_stats"]
+
+  fake, g_vjp, g_batch_stats = jax.vjp(generate, state.g_params, has_aux=True)
+  d_logits = lambda d_params, images: discriminator.apply({"params": d_params}, images, train=True)
+
+  # the private part: per-example clipped gradients of the real term, noise once on their sum
+  example_losses = lambda d_params, images: (lambda logits: (real_term(logits), logits))(d_logits(d_params, images))
+  real_sum, real_losses, real_logits, norms = reweighted_clipped_sum(
+      example_losses, state.d_params, real, mask, clip_norm=clip_norm, microbatch_size=microbatch_size)
+  counts = {"count": jnp.sum(mask.astype(jnp.float32)),
+            "clipped": jnp.sum((norms > clip_norm) & mask), "d_real_sum": jnp.sum(jax.nn.sigmoid(real_logits) * mask),
+            "real_loss_sum": jnp.sum(real_losses * mask)}
+  if axis_name is not None:
+    real_sum, counts = jax.lax.psum((real_sum, counts), axis_name)
+  noise = gaussian_noise(rng, state.step, real_sum, noise_multiplier * clip_norm)
+  private_grads = jax.tree.map(lambda g, e: (g + e) / expected_batch, real_sum, noise)
+
+  # the public part: the fakes' term, exact (post-processing of private D and G)
+  fake_loss, fake_grads = jax.value_and_grad(
+      lambda d_params: jnp.mean(fake_term(d_logits(d_params, jax.lax.stop_gradient(fake)))))(state.d_params)
+  if axis_name is not None:
+    fake_grads, fake_loss = jax.lax.pmean((fake_grads, fake_loss), axis_name)
+  d_grads = jax.tree.map(jnp.add, private_grads, fake_grads)
+  d_updates, d_opt_state = state.d_tx.update(d_grads, state.d_opt_state, state.d_params)
+  d_params = optax.apply_updates(state.d_params, d_updates)
+
+  fake_logits = d_logits(state.d_params, fake)
+  g_loss, fake_cotangent = jax.value_and_grad(lambda images: g_loss_fn(d_logits(d_params, images)))(fake)
+  (g_grads,) = g_vjp(fake_cotangent)
+  if axis_name is not None:
+    g_grads, g_loss = jax.lax.pmean((g_grads, g_loss), axis_name)
+  g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
+  g_params = optax.apply_updates(state.g_params, g_updates)
+
+  ema_params = state.ema_params
+  if state.ema_decay > 0:
+    t = state.step.astype(jnp.float32)
+    decay = jnp.minimum(state.ema_decay, (1.0 + t) / (10.0 + t))
+    ema_params = optax.incremental_update(g_params, ema_params, 1.0 - decay)
+
+  count = jnp.maximum(counts["count"], 1.0)
+  d_fake = jnp.mean(jax.nn.sigmoid(fake_logits))
+  if axis_name is not None:
+    d_fake = jax.lax.pmean(d_fake, axis_name)
+  metrics = {"d_loss": counts["real_loss_sum"] / count + fake_loss, "g_loss": g_loss,
+             "d_real": counts["d_real_sum"] / count, "d_fake": d_fake, "batch": counts["count"],
+             "clipped_fraction": counts["clipped"] / count, "d_grad_norm": optax.global_norm(d_grads),
+             "g_grad_norm": optax.global_norm(g_grads)}
+  new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_batch_stats, d_params=d_params,
+                            g_opt_state=g_opt_state, d_opt_state=d_opt_state, ema_params=ema_params)
+  return new_state, metrics
