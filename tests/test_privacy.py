@@ -216,3 +216,50 @@ def test_a_linear_probe_changes_the_head_only_and_batchnorm_in_training_mode_is_
   with pytest.raises(ValueError, match="BatchNorm in training mode mixes examples.*model.norm=group or frozen"):
     private.train_step(_state(norm="batch"), _batch(), jax.random.key(0), clip_norm=1.0, noise_multiplier=1.0,
                        expected_batch=4.0)
+
+
+# --- the private GAN step -----------------------------------------------------------------------------------
+
+def _gan_state(d_norm="group"):
+  from tlgan.models.dcgan import Discriminator, Generator
+  from tlgan.steps import gan as gan_step
+  kwargs = dict(image_shape=(28, 28, 1), features=4)
+  return gan_step.init_state(jax.random.key(0), Generator(**kwargs), Discriminator(norm=d_norm, **kwargs),
+                             optax.sgd(0.1), optax.sgd(0.1), image_shape=(28, 28, 1), latent_dim=8)
+
+
+def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step():
+  """sigma 0, C huge, every row real, the divisor = the batch: the DP-SGD machinery must give the ordinary
+  step's update (the real term's mean gradient + the fakes' term), for D and, through D, for G."""
+  from tlgan.steps import gan as gan_step
+  from tlgan.steps import private_gan
+  state = _gan_state()
+  images = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (6, 28, 28, 1)).astype(np.float32))
+  plain, _ = jax.jit(gan_step.train_step)(state, {"image": images}, jax.random.key(3))
+  step = jax.jit(functools.partial(private_gan.train_step, clip_norm=1e9, noise_multiplier=0.0, expected_batch=6.0,
+                                   microbatch_size=3))
+  private, metrics = step(state, {"image": images, "mask": jnp.ones(6, bool)}, jax.random.key(3))
+  for a, b in zip(jax.tree.leaves((plain.d_params, plain.g_params)), jax.tree.leaves((private.d_params,
+                                                                                         private.g_params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert float(metrics["clipped_fraction"]) == 0 and float(metrics["batch"]) == 6
+
+
+def test_private_gan_step_clips_the_real_rows_only_ignores_padding_and_refuses_batchnorm():
+  from tlgan.steps import private_gan
+  state = _gan_state()
+  images = jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (6, 28, 28, 1)).astype(np.float32))
+  mask = jnp.arange(6) < 4
+  step = jax.jit(functools.partial(private_gan.train_step, clip_norm=1e-4, noise_multiplier=0.0, expected_batch=4.0))
+  a, metrics = step(state, {"image": images, "mask": mask}, jax.random.key(3))
+  b, _ = step(state, {"image": images.at[4:].set(0.5), "mask": mask}, jax.random.key(3))
+  for x, y in zip(jax.tree.leaves(a.d_params), jax.tree.leaves(b.d_params)):
+    np.testing.assert_array_equal(x, y)
+  assert float(metrics["clipped_fraction"]) == 1.0
+  # the real rows' contribution is bounded by C per row: with C tiny, D's update is the fakes' term alone
+  no_real, _ = step(state, {"image": images, "mask": jnp.zeros(6, bool)}, jax.random.key(3))
+  diff = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a.d_params), jax.tree.leaves(no_real.d_params)))
+  assert diff <= 0.1 * 4 * 1e-4 / 4.0 + 1e-7  # lr x (rows x C) / expected batch
+  with pytest.raises(ValueError, match="BatchNorm statistics of private images are refused"):
+    private_gan.train_step(_gan_state("batch"), {"image": images, "mask": mask}, jax.random.key(0), clip_norm=1.0,
+                           noise_multiplier=1.0, expected_batch=4.0)

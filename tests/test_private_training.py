@@ -57,3 +57,17 @@ def test_kill9_twice_then_resume_is_bit_exact_and_epsilon_continues(reference, t
   assert ours == theirs  # continued, not restarted at the resumed step
   with open(os.path.join(workdir, "summary.json")) as f:
     assert json.load(f)["privacy"]["epsilon"] == theirs[40]
+
+
+def test_a_private_gan_run_accounts_for_its_discriminator_and_writes_samples(tmp_path):
+  workdir = str(tmp_path / "gan")
+  args = ["--config=configs/gan.py:private,smoke", "--config.data.name=digits", "--config.num_steps=6",
+          "--config.eval.enabled=false"]
+  assert start(workdir, args).wait(timeout=600) == 0, open(workdir + ".log").read()[-3000:]
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  p = summary["privacy"]
+  assert p["private"] and p["dataset_size"] == 1258 and p["steps"] == 6 and 9.9 < p["epsilon"] <= 10.0
+  assert os.path.getsize(os.path.join(workdir, "samples.png")) > 0
+  logged = [m["epsilon"] for m in _metrics(workdir) if "epsilon" in m]
+  assert len(logged) == 3 and logged[-1] == p["epsilon"]
