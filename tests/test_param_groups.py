@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
 
 from tlgan import param_groups
@@ -41,8 +42,9 @@ def test_groups_learn_at_their_own_rates():
   assert float(updates["trunk"]["conv1"]["kernel"]) == 0.0
 
 
-def test_d_block_layers_name_real_layers_of_d():
-  d = Discriminator(image_shape=(32, 32, 3), features=8)
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_d_block_layers_name_real_layers_of_d(norm):
+  d = Discriminator(image_shape=(32, 32, 3), features=8, norm=norm)
   params = jax.eval_shape(lambda: d.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
-  assert set(d_block_layers(3)) <= set(params) and len(d_block_layers(3)) == 5
-  assert set(params) - set(d_block_layers(3)) == {"Dense_0"}  # every block: the whole D but its head
+  assert set(d_block_layers(3, norm)) <= set(params) and len(d_block_layers(3, norm)) == 5
+  assert set(params) - set(d_block_layers(3, norm)) == {"Dense_0"}  # every block: the whole D but its head

@@ -80,12 +80,12 @@ class Generator(_DCGANModule):
 D_NORMS = ("batch", "group")  # 'group': GroupNorm, which never mixes examples (a private D)
 
 
-def d_block_layers(num_blocks: int) -> Tuple[str, ...]:
+def d_block_layers(num_blocks: int, norm: str = "batch") -> Tuple[str, ...]:
   """The names of the layers in D's first `num_blocks` blocks from the image side (block i: its convolution
-  `Conv_i` and, but for the first, the normalisation after it, `BatchNorm_{i-1}` or `GroupNorm_{i-1}`): what
-  FreezeD freezes."""
-  return (tuple(f"Conv_{i}" for i in range(num_blocks))
-          + tuple(f"{kind}_{i - 1}" for i in range(1, num_blocks) for kind in ("BatchNorm", "GroupNorm")))
+  `Conv_i` and, but for the first, the normalisation after it, `BatchNorm_{i-1}` or, with norm='group',
+  `GroupNorm_{i-1}`): what FreezeD freezes."""
+  kind = {"batch": "BatchNorm", "group": "GroupNorm"}[norm]
+  return tuple(f"Conv_{i}" for i in range(num_blocks)) + tuple(f"{kind}_{i - 1}" for i in range(1, num_blocks))
 
 
 class Discriminator(_DCGANModule):

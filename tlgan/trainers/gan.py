@@ -103,7 +103,7 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
   else:
     discriminator = Discriminator(features=m.d_features, norm=m.d_norm, **kwargs)
   if config.transfer.freeze_d_layers:  # FreezeD (Mo et al., 2020): D's lowest blocks keep their parameters
-    d_tx = param_groups.freeze(d_tx, d_block_layers(config.transfer.freeze_d_layers))
+    d_tx = param_groups.freeze(d_tx, d_block_layers(config.transfer.freeze_d_layers, m.d_norm))
   init_key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
   state = gan_step.init_state(init_key, generator, discriminator, g_tx, d_tx, image_shape=tuple(image_shape),
                               latent_dim=m.latent_dim, loss=config.loss, ema_decay=config.ema_decay)
