@@ -70,6 +70,36 @@ def _mean_over(axis_name: Optional[str], tree):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+def latents(state: GANState, rng: jax.Array, n: int, axis_name: Optional[str] = None) -> jax.Array:
+  """Step `state.step`'s latents for `n` rows: under pmap, this device's rows of the global batch's latents
+  (the trajectory of one device, whatever the count)."""
+  key = jax.random.fold_in(rng, state.step)
+  if axis_name is None:
+    return jax.random.normal(key, (n, state.latent_dim), jnp.float32)
+  size, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
+  return jax.lax.dynamic_slice_in_dim(jax.random.normal(key, (size * n, state.latent_dim), jnp.float32), i * n, n)
+
+
+def generate_with_vjp(state: GANState, z: jax.Array):
+  """(fakes, the VJP of G at its parameters, G's updated BatchNorm statistics): G runs forward once."""
+  def generate(g_params):
+    fake, new_vars = state.generator.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z,
+                                           train=True, mutable=["batch_stats"])
+    return fake, new_vars["batch_stats"]
+  return jax.vjp(generate, state.g_params, has_aux=True)
+
+
+def ema_update(state: GANState, g_params):
+  """The EMA of G's new parameters (an empty dict when the EMA is off)."""
+  if state.ema_decay <= 0:
+    return state.ema_params
+  # Warm-up as in tf.train.ExponentialMovingAverage(num_updates=step): early on the average must not be
+  # dominated by the random initial weights, which a short run would otherwise show in its samples.
+  t = state.step.astype(jnp.float32)
+  decay = jnp.minimum(state.ema_decay, (1.0 + t) / (10.0 + t))
+  return optax.incremental_update(g_params, state.ema_params, 1.0 - decay)
+
+
 def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array,
                axis_name: Optional[str] = None) -> Tuple[GANState, Metrics]:
   """One D update, then one G update. `batch['image']`: float images in [-1, 1], NHWC.
@@ -83,22 +113,9 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array,
     The new state and a dict of scalar metrics (still on device).
   """
   d_loss_fn, g_loss_fn = get_losses(state.loss)
-  key = jax.random.fold_in(rng, state.step)
   real = batch["image"]
-  if axis_name is None:
-    z = jax.random.normal(key, (real.shape[0], state.latent_dim), jnp.float32)
-  else:  # this device's rows of the global batch's latents: the trajectory of one device, whatever the count
-    n, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
-    z_all = jax.random.normal(key, (n * real.shape[0], state.latent_dim), jnp.float32)
-    z = jax.lax.dynamic_slice_in_dim(z_all, i * real.shape[0], real.shape[0])
-  generator, discriminator = state.generator, state.discriminator
-
-  def generate(g_params):
-    fake, new_vars = generator.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z,
-                                     train=True, mutable=["batch_stats"])
-    return fake, new_vars["batch_stats"]
-
-  fake, g_vjp, g_batch_stats = jax.vjp(generate, state.g_params, has_aux=True)
+  discriminator = state.discriminator
+  fake, g_vjp, g_batch_stats = generate_with_vjp(state, latents(state, rng, real.shape[0], axis_name))
 
   def d_objective(d_params):
     real_logits, new_vars = discriminator.apply(
@@ -126,14 +143,7 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array,
   g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
 
-  ema_params = state.ema_params
-  if state.ema_decay > 0:
-    # Warm-up as in tf.train.ExponentialMovingAverage(num_updates=step): early on the average must not be
-    # dominated by the random initial weights, which a short run would otherwise show in its samples.
-    t = state.step.astype(jnp.float32)
-    decay = jnp.minimum(state.ema_decay, (1.0 + t) / (10.0 + t))
-    ema_params = optax.incremental_update(g_params, ema_params, 1.0 - decay)
-
+  ema_params = ema_update(state, g_params)
   metrics = _mean_over(axis_name, {
       "d_loss": d_loss,
       "g_loss": g_loss,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from tlgan.losses import D_TERMS, get_losses
-from tlgan.steps.gan import GANState
+from tlgan.steps.gan import GANState, ema_update, generate_with_vjp, latents
 from tlgan.steps.private import gaussian_noise, reweighted_clipped_sum
 
 
@@ -42,22 +42,9 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
                      "refused; use model.d_norm=group")
   real_term, fake_term = D_TERMS[state.loss]
   _, g_loss_fn = get_losses(state.loss)
-  key = jax.random.fold_in(rng, state.step)
   real, mask = batch["image"], batch["mask"]
-  n = real.shape[0]
-  if axis_name is None:
-    z = jax.random.normal(key, (n, state.latent_dim), jnp.float32)
-  else:  # this device's rows of the global batch's latents
-    size, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
-    z = jax.lax.dynamic_slice_in_dim(jax.random.normal(key, (size * n, state.latent_dim), jnp.float32), i * n, n)
-  generator, discriminator = state.generator, state.discriminator
-
-  def generate(g_params):
-    fake, new_vars = generator.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z,
-                                     train=True, mutable=["batch_stats"])
-    return fake, new_vars["batch_stats"]
-
-  fake, g_vjp, g_batch_stats = jax.vjp(generate, state.g_params, has_aux=True)
+  discriminator = state.discriminator
+  fake, g_vjp, g_batch_stats = generate_with_vjp(state, latents(state, rng, real.shape[0], axis_name))
   d_logits = lambda d_params, images: discriminator.apply({"params": d_params}, images, train=True)
 
   # the private part: per-example clipped gradients of the real term, noise once on their sum
@@ -89,12 +76,7 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
   g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
   g_params = optax.apply_updates(state.g_params, g_updates)
 
-  ema_params = state.ema_params
-  if state.ema_decay > 0:
-    t = state.step.astype(jnp.float32)
-    decay = jnp.minimum(state.ema_decay, (1.0 + t) / (10.0 + t))
-    ema_params = optax.incremental_update(g_params, ema_params, 1.0 - decay)
-
+  ema_params = ema_update(state, g_params)
   count = jnp.maximum(counts["count"], 1.0)
   d_fake = jnp.mean(jax.nn.sigmoid(fake_logits))
   if axis_name is not None:
