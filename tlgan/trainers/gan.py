@@ -310,8 +310,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         "num_samples": config.eval.final_num_samples,
         "checkpoint": f"latest (step {result.step})",
         "generated": evaluator(result.state, config.eval.final_num_samples, config.eval.kid_subsets),
-        # real training images against the reference (none when the reference is the training split itself)
-        "floor_train_vs_reference": evaluator.floor(images) if config.eval.split != config.data.split else None,
+        # real training images against the reference (none when the reference is the training split itself, or
+        # when the training images are private: their statistics are not released)
+        "floor_train_vs_reference": (evaluator.floor(images) if config.eval.split != config.data.split
+                                     and not dp_run else None),
     }
     name = evaluator.main_net.name
     reporting.plot_curves(os.path.join(workdir, "fd.png"), result.history,
