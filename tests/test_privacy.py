@@ -263,3 +263,21 @@ def test_private_gan_step_clips_the_real_rows_only_ignores_padding_and_refuses_b
   with pytest.raises(ValueError, match="BatchNorm statistics of private images are refused"):
     private_gan.train_step(_gan_state("batch"), {"image": images, "mask": mask}, jax.random.key(0), clip_norm=1.0,
                            noise_multiplier=1.0, expected_batch=4.0)
+
+
+def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
+  """In process (the CLI's one-line form of the same errors is in tests/test_bad_input.py)."""
+  from configs import private as private_config
+  from tlgan.trainers import private as private_trainer
+  config = private_config.get_config("digits,smoke")
+  config.dp.noise_multiplier = 1.0
+  with pytest.raises(ConfigError, match="dp.target_epsilon=3.0 and dp.noise_multiplier=1.0 both set the noise"):
+    private_trainer.check_config(config)
+  config = private_config.get_config("digits,smoke")
+  config.dp.delta = 0.01
+  with pytest.raises(ConfigError, match=r"dp.delta=0.01 is not below 1/N = 0.000795 \(N = 1258 training examples\)"):
+    private_trainer.plan(config, dataset_size=1258, total_steps=6, trainable_params=1000)
+  config = private_config.get_config("digits,smoke")
+  config.dp.target_epsilon, config.dp.noise_multiplier, config.dp.max_epsilon = 0.0, 0.5, 0.5
+  with pytest.raises(ConfigError, match=r"6 steps reach epsilon .* > dp.max_epsilon=0.5 .*: train at most \d+ steps"):
+    private_trainer.plan(config, dataset_size=1258, total_steps=6, trainable_params=1000)

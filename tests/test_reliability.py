@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import (EVERY, GAN, STEPS, checkpoint_steps, damage, kill_twice_then_finish, reference_run, run_cli,
+from tests.helpers import (EVERY, GAN, STEPS, checkpoint_steps, damage, kill_then_finish, reference_run, run_cli,
                            start, wait_for)
 
 pytestmark = pytest.mark.slow  # real CLI runs in subprocesses: kills, signals, faults
@@ -66,7 +66,7 @@ def test_sigterm_then_resume_is_exact(reference, tmp_path):
 @pytest.mark.slow
 def test_kill9_at_random_moments_then_resume_is_exact(reference, tmp_path):
   workdir = str(tmp_path / "run")
-  kill_twice_then_finish(workdir, GAN, STEPS)
+  kill_then_finish(workdir, GAN, STEPS)
   assert_same_state(workdir, reference)
 
 

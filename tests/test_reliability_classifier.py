@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import kill_twice_then_finish, start
+from tests.helpers import kill_then_finish, start
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ def test_classifier_kill9_at_random_moments_then_resume_is_exact(tmp_path):
           "--config.checkpoint_every=50", "--config.log_every=50", "--config.eval_every_epochs=1000"]
   reference_dir, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
   assert start(reference_dir, args).wait(timeout=300) == 0
-  kill_twice_then_finish(workdir, args, 300, seed=1)
+  kill_then_finish(workdir, args, 300, seed=1)
   a, _ = pretrained.load(os.path.join(workdir, "model.msgpack"))
   b, _ = pretrained.load(os.path.join(reference_dir, "model.msgpack"))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
