@@ -25,18 +25,6 @@ except ImportError:
 import pytest
 
 
-# The longest modules first (minutes each, on one worker: `--dist loadfile`). In name order they came last and
-# the suite ended with one worker busy and the other idle; longest-first keeps both busy to the end.
-LONGEST_FIRST = ("test_reliability.py", "test_parallel.py", "test_bad_input.py", "test_remote_workdir.py",
-                 "test_signals.py", "test_streaming.py", "test_private_training.py", "test_style.py",
-                 "test_reliability_classifier.py", "test_fd_real.py", "test_accelerator_check.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable: name order after
-
-
 def pytest_sessionfinish(session, exitstatus):
   if "PYTEST_XDIST_WORKER" not in os.environ and os.environ["JAX_COMPILATION_CACHE_DIR"] == _CACHE:
     import shutil
