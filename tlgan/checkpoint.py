@@ -113,13 +113,21 @@ def _os_reason(error: BaseException) -> str:
   return first_line(error, 200)
 
 
-class _SlowFinalizeJson(ocp.JsonCheckpointHandler):
-  """Test hook: holds a finished write in its temporary folder for $TLGAN_TEST_CHECKPOINT_DELAY_S seconds
-  before Orbax commits it, so that tests can kill the process in the middle of a checkpoint write."""
+def _meta_handler() -> ocp.JsonCheckpointHandler:
+  """The handler of the `meta` item. Test hook: with $TLGAN_TEST_CHECKPOINT_DELAY_S set, it holds a finished
+  write in its temporary folder for that many seconds before Orbax commits it, so that tests can kill the
+  process in the middle of a checkpoint write. (The instance's `finalize` is wrapped rather than the class
+  subclassed: Orbax >= 0.12.8 pairs save arguments with handler classes exactly and refuses a subclass.)"""
+  handler = ocp.JsonCheckpointHandler()
+  delay = os.environ.get("TLGAN_TEST_CHECKPOINT_DELAY_S")
+  if delay:
+    finalize = handler.finalize
 
-  def finalize(self, directory):
-    time.sleep(float(os.environ.get("TLGAN_TEST_CHECKPOINT_DELAY_S", "0")))
-    super().finalize(directory)
+    def slow_finalize(directory):
+      time.sleep(float(delay))
+      finalize(directory)
+    handler.finalize = slow_finalize
+  return handler
 
 
 class Checkpointer:
@@ -160,8 +168,7 @@ class Checkpointer:
           self.directory,
           options=options,
           item_handlers={"state": ocp.StandardCheckpointHandler(),
-                         "meta": (_SlowFinalizeJson() if os.environ.get("TLGAN_TEST_CHECKPOINT_DELAY_S")
-                                  else ocp.JsonCheckpointHandler())})
+                         "meta": _meta_handler()})
     return self._manager
 
   def steps(self):

@@ -8,7 +8,7 @@ Orbax and TensorStore read and write checkpoints themselves, to the same URLs.
 
 Which library reaches `gs://`: etils.epath uses TensorFlow's GCS filesystem when TensorFlow is installed and
 gcsfs (fsspec) otherwise, or always with EPATH_USE_TF=false (what a GCS emulator needs: TensorFlow's client
-cannot be pointed at one). TensorBoard's writer (tensorboardX) uses google-cloud-storage.
+cannot be pointed at one). TensorBoard's events files (`tlgan.events`) go through `atomic_write` like the rest.
 """
 
 import io

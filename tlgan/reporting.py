@@ -7,15 +7,13 @@ be a local folder or a URL (gs://bucket/run).
 import json
 import math
 import os
-import shutil
-import tempfile
 from typing import Dict, Iterable, List, Optional
 
 import jax
 import numpy as np
 from PIL import Image
 
-from tlgan import files
+from tlgan import events, files
 from tlgan.files import atomic_write
 
 
@@ -99,27 +97,37 @@ def plot_curves(path: str, history: List[Dict[str, float]], keys: Iterable[str],
 
 
 class MetricWriter:
-  """Scalars to TensorBoard (tensorboardX) and to `metrics.jsonl`; keeps the history for plots. A local
-  metrics.jsonl is appended to (a kill -9 loses at most the line being written). In a remote workdir, where
-  objects cannot be appended to, both files are uploaded whole at each write: the events file is written in a
-  local temporary folder first (tensorboardX's own gs:// writer re-uploads from its finaliser, after the run,
-  and waits two minutes when the store has gone)."""
+  """Scalars to TensorBoard (`tlgan.events`) and to `metrics.jsonl`; keeps the history for plots. Locally both
+  files are appended to (a kill -9 loses at most the record being written). In a remote workdir, where objects
+  cannot be appended to, both are uploaded whole at each write."""
 
   def __init__(self, workdir: str):
     self.history: List[Dict[str, float]] = []
-    self._jsonl = self._tb = None
+    self._jsonl = self._events = None
     self._open = False
     if is_writer():
-      from tensorboardX import SummaryWriter
       self._remote = files.is_remote(workdir)
-      self._tb_dir = files.join(workdir, "tensorboard")
-      self._tb_local = tempfile.mkdtemp(prefix="tlgan-tensorboard-") if self._remote else self._tb_dir
-      self._tb = SummaryWriter(self._tb_local)
+      tb_dir = files.join(workdir, "tensorboard")
+      files.makedirs(tb_dir)
+      self._events_path = files.join(tb_dir, events.file_name())  # one per process, as TensorBoard expects
+      self._events_data = events.header()
+      if not self._remote:
+        self._events = open(self._events_path, "ab")
+      self._flush_events()
       self._jsonl_path = files.join(workdir, "metrics.jsonl")
       self.history = read_jsonl(self._jsonl_path)
       self._open = True
       if not self._remote:
         self._jsonl = open(self._jsonl_path, "a")
+
+  def _flush_events(self) -> None:
+    if self._events is not None:  # local: append the new records
+      self._events.write(self._events_data)
+      self._events.flush()
+      self._events_data = b""
+    else:  # remote: the whole file again
+      data = self._events_data
+      atomic_write(self._events_path, lambda f: f.write(data))
 
   def truncate_after(self, step: int) -> None:
     """Drops rows logged after `step` (a resumed run re-logs them)."""
@@ -145,16 +153,10 @@ class MetricWriter:
       self.history.append(row)
       self._jsonl.write(json.dumps(row) + "\n")
       self._jsonl.flush()
-    for key, value in scalars.items():  # 'FD[net]' -> 'FD/net': TensorBoard groups it, and allows it
-      self._tb.add_scalar(key.replace("[", "/").rstrip("]"), float(value), int(step))
-    if self._remote:
-      self._upload_events()
-
-  def _upload_events(self) -> None:
-    self._tb.flush()
-    for name in os.listdir(self._tb_local):
-      data = files.read_bytes(os.path.join(self._tb_local, name))
-      atomic_write(files.join(self._tb_dir, name), lambda f: f.write(data))
+    # 'FD[net]' -> 'FD/net': TensorBoard groups it, and allows it
+    record = events.scalars(step, {k.replace("[", "/").rstrip("]"): float(v) for k, v in scalars.items()})
+    self._events_data += record
+    self._flush_events()
 
   def replace(self, step: int, scalars: Dict[str, float]) -> None:
     """Writes `scalars` at `step`, first dropping the values of the same names logged at that step before
@@ -170,10 +172,8 @@ class MetricWriter:
       self._open = False
       if self._jsonl is not None:
         self._jsonl.close()
-      self._tb.close()
-      if self._remote:
-        self._upload_events()
-        shutil.rmtree(self._tb_local, ignore_errors=True)
+      if self._events is not None:
+        self._events.close()
 
 
 def read_jsonl(path: str) -> List[Dict[str, float]]:
