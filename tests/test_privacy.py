@@ -220,20 +220,31 @@ def test_a_linear_probe_changes_the_head_only_and_batchnorm_in_training_mode_is_
 
 # --- the private GAN step -----------------------------------------------------------------------------------
 
-def _gan_state(d_norm="group"):
+def _gan_state(d_norm="group", d="dcgan"):
+  from tlgan import param_groups, pretrained
   from tlgan.models.dcgan import Discriminator, Generator
+  from tlgan.models.projected import ProjectedDiscriminator
   from tlgan.steps import gan as gan_step
   kwargs = dict(image_shape=(28, 28, 1), features=4)
-  return gan_step.init_state(jax.random.key(0), Generator(**kwargs), Discriminator(norm=d_norm, **kwargs),
-                             optax.sgd(0.1), optax.sgd(0.1), image_shape=(28, 28, 1), latent_dim=8)
+  d_tx = optax.sgd(0.1)
+  if d == "dcgan":
+    discriminator = Discriminator(norm=d_norm, **kwargs)
+  else:  # heads on a (randomly initialised, here) width-8 ResNet18 trunk, frozen as the trainer freezes it
+    trunk = pretrained.WeightsMeta("resnet18", width=8, num_classes=10, image_size=32, channels=1, stem="cifar")
+    discriminator = ProjectedDiscriminator(norm=d_norm, trunk=trunk, stages=("layer1", "layer2"), **kwargs)
+    d_tx = param_groups.freeze(d_tx, ["trunk"])
+  return gan_step.init_state(jax.random.key(0), Generator(**kwargs), discriminator, optax.sgd(0.1), d_tx,
+                             image_shape=(28, 28, 1), latent_dim=8)
 
 
-def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step():
+@pytest.mark.parametrize("d", ["dcgan", "projected"])
+def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step(d):
   """sigma 0, C huge, every row real, the divisor = the batch: the DP-SGD machinery must give the ordinary
-  step's update (the real term's mean gradient + the fakes' term), for D and, through D, for G."""
+  step's update (the real term's mean gradient + the fakes' term), for D and, through D, for G. A projected D:
+  its heads learn, its trunk (parameters and BatchNorm statistics) stays as it was."""
   from tlgan.steps import gan as gan_step
   from tlgan.steps import private_gan
-  state = _gan_state()
+  state = _gan_state(d=d)
   images = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (6, 28, 28, 1)).astype(np.float32))
   plain, _ = jax.jit(gan_step.train_step)(state, {"image": images}, jax.random.key(3))
   step = jax.jit(functools.partial(private_gan.train_step, clip_norm=1e9, noise_multiplier=0.0, expected_batch=6.0,
@@ -243,6 +254,13 @@ def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step():
                                                                                          private.g_params))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert float(metrics["clipped_fraction"]) == 0 and float(metrics["batch"]) == 6
+  if d == "projected":
+    for a, b in zip(jax.tree.leaves((state.d_params["trunk"], state.d_batch_stats)),
+                    jax.tree.leaves((private.d_params["trunk"], private.d_batch_stats)), strict=True):
+      np.testing.assert_array_equal(a, b)
+    heads = [k for k in state.d_params if k != "trunk"]
+    assert heads and all(not np.array_equal(a, b) for k in heads for a, b in
+                         zip(jax.tree.leaves(state.d_params[k]), jax.tree.leaves(private.d_params[k])))
 
 
 def test_private_gan_step_clips_the_real_rows_only_ignores_padding_and_refuses_batchnorm():
@@ -260,9 +278,10 @@ def test_private_gan_step_clips_the_real_rows_only_ignores_padding_and_refuses_b
   no_real, _ = step(state, {"image": images, "mask": jnp.zeros(6, bool)}, jax.random.key(3))
   diff = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a.d_params), jax.tree.leaves(no_real.d_params)))
   assert diff <= 0.1 * 4 * 1e-4 / 4.0 + 1e-7  # lr x (rows x C) / expected batch
-  with pytest.raises(ValueError, match="BatchNorm statistics of private images are refused"):
-    private_gan.train_step(_gan_state("batch"), {"image": images, "mask": mask}, jax.random.key(0), clip_norm=1.0,
-                           noise_multiplier=1.0, expected_batch=4.0)
+  for d in ("dcgan", "projected"):  # a BatchNorm D, or BatchNorm heads on a projected D
+    with pytest.raises(ValueError, match="BatchNorm statistics of private images are refused"):
+      private_gan.train_step(_gan_state("batch", d), {"image": images, "mask": mask}, jax.random.key(0),
+                             clip_norm=1.0, noise_multiplier=1.0, expected_batch=4.0)
 
 
 def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
@@ -281,3 +300,16 @@ def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
   config.dp.target_epsilon, config.dp.noise_multiplier, config.dp.max_epsilon = 0.0, 0.5, 0.5
   with pytest.raises(ConfigError, match=r"6 steps reach epsilon .* > dp.max_epsilon=0.5 .*: train at most \d+ steps"):
     private_trainer.plan(config, dataset_size=1258, total_steps=6, trainable_params=1000)
+  # a private GAN: BatchNorm heads on a projected D, and a trunk trained on the private data itself
+  from configs import gan as gan_config
+  from tlgan import pretrained
+  config = gan_config.get_config("private,projected,smoke")
+  config.model.d_norm = "batch"
+  with pytest.raises(ConfigError, match=r"D's BatchNorm \(the projected D's heads\) mixes private examples"):
+    private_trainer.check_config(config)
+  config.model.d_norm = "group"
+  private_trainer.check_config(config)  # group heads on a frozen trunk: accepted
+  trained_here = pretrained.WeightsMeta("resnet18", dataset=config.data.name)
+  with pytest.raises(ConfigError, match=f"a trunk trained on {config.data.name}, the private data itself"):
+    private_trainer.check_trunk(config, trained_here)
+  private_trainer.check_trunk(config, pretrained.WeightsMeta("resnet18", dataset="digits28"))  # public data

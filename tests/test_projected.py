@@ -113,10 +113,15 @@ def test_trunk_config_and_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_end_to_end_run_with_projected_discriminator(tmp_path):
+@pytest.mark.parametrize("private", [False, True])
+def test_end_to_end_run_with_projected_discriminator(tmp_path, private):
   make_trunk(tmp_path / "trunk.msgpack")
   config = projected_config(tmp_path / "trunk.msgpack", num_steps=4)
   config.eval.enabled = False
+  if private:  # GroupNorm heads trained with DP-SGD on the (mock) private images; the public trunk frozen
+    config.dp.enabled, config.dp.target_epsilon, config.model.d_norm = True, 10.0, "group"
   summary = train_gan(config, tmp_path / "run")
   assert summary["status"] == "completed" and summary["step"] == 4
   assert all(np.isfinite(v) for v in summary["final_metrics"].values())
+  if private:
+    assert summary["privacy"]["private"] and 9.9 < summary["privacy"]["epsilon"] <= 10.0

@@ -7,7 +7,9 @@ one logit per position, averaged over positions) and their logits are summed. Th
 made in a feature space learned on real data, and only the heads learn.
 
 Simplified from the paper: no random cross-channel / cross-scale mixing layers, no differentiable augmentation,
-plain BatchNorm heads instead of spectrally normalised ones.
+plain BatchNorm heads instead of spectrally normalised ones. With norm='group' the heads normalise each example
+on its own (GroupNorm) and the trunk runs in inference mode: nothing mixes examples, so the heads can be trained
+with DP-SGD (`tlgan.steps.private_gan`) while the trunk, trained on public data, stays as it is.
 
 The trunk's parameters enter through `stop_gradient`, so no weight gradient of the trunk is ever computed
 (gradients still flow through it to the image, for G's update); the trainer also excludes them from the
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 
 from tlgan import pretrained
 from tlgan.models.dcgan import _batch_norm, dcgan_init
-from tlgan.models.layers import Conv
+from tlgan.models.layers import Conv, GroupNorm
 from tlgan.models.resnet import ResNet
 
 
@@ -35,6 +37,7 @@ class ProjectedDiscriminator(nn.Module):
   conv_impl: str = "auto"
   dtype: Any = None
   axis_name: Optional[str] = None
+  norm: str = "batch"  # the heads' normalisation: 'batch' or 'group' (per example: private heads)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -48,7 +51,11 @@ class ProjectedDiscriminator(nn.Module):
     for name in self.stages:
       h = Conv(self.features, (3, 3), (1, 1), (1, 1), use_bias=False, impl=self.conv_impl,
                kernel_init=dcgan_init, dtype=self.dtype, name=f"head_{name}_conv")(feats[name])
-      h = nn.leaky_relu(_batch_norm(train, self.axis_name, self.dtype, name=f"head_{name}_bn")(h), 0.2)
+      if self.norm == "group":
+        h = GroupNorm(num_groups=max(1, min(32, self.features // 4)), dtype=self.dtype, name=f"head_{name}_gn")(h)
+      else:
+        h = _batch_norm(train, self.axis_name, self.dtype, name=f"head_{name}_bn")(h)
+      h = nn.leaky_relu(h, 0.2)
       h = Conv(1, (1, 1), (1, 1), (0, 0), use_bias=True, impl=self.conv_impl, kernel_init=dcgan_init,
                dtype=self.dtype, name=f"head_{name}_out")(h)
       logits = logits + jnp.mean(h.astype(jnp.float32), axis=(1, 2, 3))

@@ -12,6 +12,10 @@ a private output) and of G's (a function of earlier private outputs and public n
 privacy cost, so it is added exactly, without clipping or noise. G's update reads only the updated D and its own
 fakes: post-processing again. D must not mix examples (GroupNorm, not BatchNorm: `Discriminator(norm='group')`);
 G's BatchNorm sees fakes only and is fine.
+
+A projected D (`ProjectedDiscriminator(norm='group')`) is private in its heads only: the trunk (a network trained
+on public data, in inference mode, behind stop_gradient) never learns, so the per-example gradients, clipping
+and noise cover the heads' parameters, and the trunk's fixed BatchNorm statistics are read, never updated.
 """
 
 from typing import Dict, Optional, Tuple
@@ -23,6 +27,8 @@ import optax
 from tlgan.losses import D_TERMS, get_losses
 from tlgan.steps.gan import GANState, ema_update, generate_with_vjp, latents
 from tlgan.steps.private import gaussian_noise, reweighted_clipped_sum
+
+FROZEN = "trunk"  # the parameters of D that never learn (a projected D's pretrained trunk)
 
 
 def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axis_name: Optional[str] = None, *,
@@ -37,20 +43,24 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
     axis_name: under pmap, the device axis.
     clip_norm, noise_multiplier, expected_batch, microbatch_size: as `tlgan.steps.private.train_step`.
   """
-  if state.d_batch_stats:
+  discriminator = state.discriminator
+  if getattr(discriminator, "norm", "batch") == "batch":
     raise ValueError("a private discriminator must not mix examples: BatchNorm statistics of private images are "
                      "refused; use model.d_norm=group")
   real_term, fake_term = D_TERMS[state.loss]
   _, g_loss_fn = get_losses(state.loss)
   real, mask = batch["image"], batch["mask"]
-  discriminator = state.discriminator
   fake, g_vjp, g_batch_stats = generate_with_vjp(state, latents(state, rng, real.shape[0], axis_name))
-  d_logits = lambda d_params, images: discriminator.apply({"params": d_params}, images, train=True)
+  fixed = {"batch_stats": state.d_batch_stats} if state.d_batch_stats else {}  # a projected D's trunk statistics
+  trunk = {k: v for k, v in state.d_params.items() if k == FROZEN}  # never learns: outside the private gradient
+  d_logits = lambda d_params, images: discriminator.apply({"params": {**d_params, **trunk}, **fixed}, images,
+                                                          train=True)
+  learning = {k: v for k, v in state.d_params.items() if k != FROZEN}
 
   # the private part: per-example clipped gradients of the real term, noise once on their sum
   example_losses = lambda d_params, images: (lambda logits: (real_term(logits), logits))(d_logits(d_params, images))
   real_sum, real_losses, real_logits, norms = reweighted_clipped_sum(
-      example_losses, state.d_params, real, mask, clip_norm=clip_norm, microbatch_size=microbatch_size)
+      example_losses, learning, real, mask, clip_norm=clip_norm, microbatch_size=microbatch_size)
   counts = {"count": jnp.sum(mask.astype(jnp.float32)),
             "clipped": jnp.sum((norms > clip_norm) & mask), "d_real_sum": jnp.sum(jax.nn.sigmoid(real_logits) * mask),
             "real_loss_sum": jnp.sum(real_losses * mask)}
@@ -61,15 +71,16 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
 
   # the public part: the fakes' term, exact (post-processing of private D and G)
   fake_loss, fake_grads = jax.value_and_grad(
-      lambda d_params: jnp.mean(fake_term(d_logits(d_params, jax.lax.stop_gradient(fake)))))(state.d_params)
+      lambda d_params: jnp.mean(fake_term(d_logits(d_params, jax.lax.stop_gradient(fake)))))(learning)
   if axis_name is not None:
     fake_grads, fake_loss = jax.lax.pmean((fake_grads, fake_loss), axis_name)
-  d_grads = jax.tree.map(jnp.add, private_grads, fake_grads)
+  d_grads = {**jax.tree.map(jnp.add, private_grads, fake_grads), **jax.tree.map(jnp.zeros_like, trunk)}
   d_updates, d_opt_state = state.d_tx.update(d_grads, state.d_opt_state, state.d_params)
   d_params = optax.apply_updates(state.d_params, d_updates)
 
-  fake_logits = d_logits(state.d_params, fake)
-  g_loss, fake_cotangent = jax.value_and_grad(lambda images: g_loss_fn(d_logits(d_params, images)))(fake)
+  new_learning = {k: v for k, v in d_params.items() if k != FROZEN}
+  fake_logits = d_logits(learning, fake)
+  g_loss, fake_cotangent = jax.value_and_grad(lambda images: g_loss_fn(d_logits(new_learning, images)))(fake)
   (g_grads,) = g_vjp(fake_cotangent)
   if axis_name is not None:
     g_grads, g_loss = jax.lax.pmean((g_grads, g_loss), axis_name)

@@ -98,7 +98,7 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
   if m.discriminator == "projected":
     trunk, trunk_meta = read_trunk(config)
     discriminator = ProjectedDiscriminator(features=m.d_features, stages=tuple(m.d_trunk_stages), trunk=trunk_meta,
-                                           **kwargs)
+                                           norm=m.d_norm, **kwargs)
     d_tx = param_groups.freeze(d_tx, ["trunk"])
   else:
     discriminator = Discriminator(features=m.d_features, norm=m.d_norm, **kwargs)
@@ -126,6 +126,7 @@ def read_trunk(config):
   _, variables, meta = pretrained.open_network(path)
   if meta.arch != "resnet18":
     raise ConfigError(f"model.d_trunk_weights={path} holds {meta.arch} weights: the trunk is a resnet18")
+  private.check_trunk(config, meta)
   metric = feature_networks.metric_weights(config.data.name, e.feature_weights) if e.enabled and e.domain_network else ""
   if metric and pretrained.sha256_of(metric) == pretrained.sha256_of(path):
     raise ConfigError(f"model.d_trunk_weights={path} is the FD feature network itself ({metric}): the "
@@ -250,7 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   dp_plan = None
   if dp_run:
     images = private_training_images(config)
-    d_params = sum(int(np.size(x)) for x in jax.tree.leaves(state.d_params))
+    d_params = sum(int(np.size(x)) for k, v in state.d_params.items() if k != private_gan.FROZEN  # what learns
+                   for x in jax.tree.leaves(v))
     dp_plan = private.plan(config, dataset_size=len(images), total_steps=config.num_steps, trainable_params=d_params)
     sizes = parallel.batch_sizes(dp_plan.dp.max_batch)
     batches = private.batches(images, np.zeros(len(images), np.int32), dp_plan, seed=config.seed, start_step=start,

@@ -38,6 +38,15 @@ def enabled(config) -> bool:
   return "dp" in config and bool(config.dp.enabled)
 
 
+def check_trunk(config, trunk_meta) -> None:
+  """A private GAN's projected D: its frozen trunk must not have been trained on the private data (it is not
+  accounted for; only the heads are private)."""
+  if enabled(config) and trunk_meta.dataset and trunk_meta.dataset == config.data.name:
+    raise ConfigError(f"dp.enabled with a trunk trained on {config.data.name}, the private data itself "
+                      f"(model.d_trunk_weights={config.model.d_trunk_weights}): that training is outside the privacy "
+                      "accounting; use a trunk trained on public data (another dataset)")
+
+
 def check_config(config, prefix: str = "") -> None:
   """What a DP run refuses from the config alone (one line each)."""
   if not enabled(config):
@@ -47,11 +56,9 @@ def check_config(config, prefix: str = "") -> None:
     raise ConfigError(f"{prefix}dp.enabled with {prefix}model.norm=batch trains BatchNorm statistics on private data "
                       f"(they mix examples): set {prefix}model.norm=group or frozen_batch")
   if "discriminator" in config.model:  # a GAN: D is the network that reads private data
-    if config.model.discriminator != "dcgan":
-      raise ConfigError(f"dp.enabled trains the DCGAN discriminator privately; model.discriminator="
-                        f"{config.model.discriminator} is not supported yet: set model.discriminator=dcgan")
     if config.model.d_norm == "batch":
-      raise ConfigError("dp.enabled with model.d_norm=batch: D's BatchNorm mixes private examples: set "
+      heads = " (the projected D's heads)" if config.model.discriminator == "projected" else ""
+      raise ConfigError(f"dp.enabled with model.d_norm=batch: D's BatchNorm{heads} mixes private examples: set "
                         "model.d_norm=group")
     if config.transfer.init_workdir:
       raise ConfigError("dp.enabled with transfer.init_workdir: a D trained elsewhere may have seen this private "
