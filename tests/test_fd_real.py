@@ -24,10 +24,10 @@ def _uint8(x):
 
 
 @pytest.mark.slow
-def test_fd_floor_and_monotonic_degradation(tmp_path, domain_net):
+def test_fd_floor_and_monotonic_degradation(domain_net):
   net = domain_net
   assert net.name == feature_networks.SHIPPED["fashion_mnist"][0]
-  kw = dict(data_dir=str(tmp_path), manual_dir=DEBIAN_DIR, download=False)
+  kw = dict(manual_dir=DEBIAN_DIR, download=False)  # the default data dir: prepared once for all the tests
   train, labels = data.load_split("fashion_mnist", "train", **kw)
   test, _ = data.load_split("fashion_mnist", "test", **kw)
   rng = np.random.default_rng(0)
