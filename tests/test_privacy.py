@@ -313,3 +313,15 @@ def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
   with pytest.raises(ConfigError, match=f"a trunk trained on {config.data.name}, the private data itself"):
     private_trainer.check_trunk(config, trained_here)
   private_trainer.check_trunk(config, pretrained.WeightsMeta("resnet18", dataset="digits28"))  # public data
+
+
+def test_a_stop_asked_while_the_accounting_is_computed_ends_there(monkeypatch):
+  """Calibrating the noise can take a while: a stop signal that lands then ends the run before anything is
+  compiled or trained (the CLI turns `Stopped` into one `stopped:` line and status 3)."""
+  from configs import private as private_config
+  from tlgan import stopping
+  from tlgan.trainers import private as private_trainer
+  config = private_config.get_config("digits,smoke")
+  monkeypatch.setattr(stopping, "_requested", "SIGTERM")
+  with pytest.raises(stopping.Stopped, match="SIGTERM received while computing the privacy accounting"):
+    private_trainer.plan(config, dataset_size=1258, total_steps=6, trainable_params=1000)

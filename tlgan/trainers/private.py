@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 import jax
 import numpy as np
 
-from tlgan import privacy
+from tlgan import privacy, stopping
 from tlgan.errors import ConfigError
 from tlgan.steps import private as private_step
 
@@ -144,6 +144,7 @@ def plan(config, *, dataset_size: int, total_steps: int, trainable_params: int) 
                total_steps, dp.epsilon(total_steps), microbatch)
   if sigma == 0:
     logging.warning("DP-SGD without noise (dp.noise_multiplier=0): clipped, Poisson-sampled, and NOT private")
+  stopping.check("computing the privacy accounting")  # calibration can take a while: a stop asked then ends here
   return result
 
 
