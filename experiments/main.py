@@ -46,7 +46,8 @@ _CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "JAX_
 
 
 TRAINERS = {"gan": "tlgan.trainers.gan", "classifier": "tlgan.trainers.classifier",
-            "transfer_study": "tlgan.trainers.transfer_study", "style": "tlgan.trainers.style"}
+            "transfer_study": "tlgan.trainers.transfer_study",
+            "private_study": "tlgan.trainers.private_study", "style": "tlgan.trainers.style"}
 
 
 def trainer(experiment: str):

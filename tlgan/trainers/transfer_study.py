@@ -60,15 +60,15 @@ def table_markdown(rows: List[Dict[str, Any]], per_class_values, seeds, pretrain
   return "\n".join(lines) + "\n"
 
 
-def update_readme(path: str, table: str) -> bool:
+def update_readme(path: str, table: str, start: str = README_START, end: str = README_END) -> bool:
+  """Replaces what lies between the markers `start` and `end` in the file at `path` by `table`."""
   if not os.path.exists(path):
     return False
   with open(path) as f:
     text = f.read()
-  if README_START not in text or README_END not in text:
+  if start not in text or end not in text:
     return False
-  new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END),
-               lambda _: f"{README_START}\n{table}{README_END}", text, flags=re.S)
+  new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{table}{end}", text, flags=re.S)
   files.atomic_write(path, lambda f: f.write(new), mode="w")
   return True
 

@@ -1,0 +1,132 @@
+"""The private study's one command, tiny: public pretraining, DP arms over epsilons and seeds, tables."""
+
+import json
+
+import pytest
+
+import tensorflow_datasets as tfds
+
+from tlgan.errors import ConfigError
+from tlgan.trainers import private_study
+
+
+@pytest.mark.slow  # a whole (tiny) study end to end
+def test_study_end_to_end_tiny(tmp_path):
+  """Real runs (public pretraining, then the three DP arms at one epsilon), the table and the README."""
+  from configs.private_study import get_config
+  config = get_config("smoke")
+  config.epsilons, config.fashion_seeds = (3.0,), ()
+  readme = tmp_path / "README.md"
+  readme.write_text(f"intro\n{private_study.README_START}\nold\n{private_study.README_END}\noutro\n")
+  config.update_readme = True
+  config.readme = str(readme)
+  with tfds.testing.mock_data(num_examples=16):
+    summary = private_study.train_and_evaluate(config, str(tmp_path / "study"))
+  assert summary["status"] == "completed"
+  assert [row["run"] for row in summary["rows"]] == [
+      "digits/eps3/scratch/seed0", "digits/eps3/finetune/seed0", "digits/eps3/probe/seed0"]
+  study = tmp_path / "study"
+  probe = json.loads((study / "digits" / "eps3" / "probe" / "seed0" / "summary.json").read_text())
+  assert probe["mode"] == "linear_probe" and probe["init"].endswith("pretrain/model.msgpack")
+  assert probe["not_loaded"] == ["params/fc/bias", "params/fc/kernel"]
+  assert probe["privacy"]["noise_calibrated_to_target"] and probe["privacy"]["epsilon"] == pytest.approx(3, rel=1e-2)
+  scratch = json.loads((study / "digits" / "eps3" / "scratch" / "seed0" / "summary.json").read_text())
+  assert scratch["init"] == "scratch" and scratch["mode"] == "full"
+  results = json.loads((study / "results.json").read_text())
+  assert results["done"] == results["of"] == 3
+  table = (study / "results.md").read_text()
+  assert "| digits test accuracy, % (mean ± std over seeds) | ε = 3 |" in table
+  assert "—" not in table and "Fashion-MNIST test accuracy" not in table  # every cell filled; no Fashion part
+  text = readme.read_text()
+  assert "\nold\n" not in text and table in text and text.startswith("intro\n") and text.endswith("outro\n")
+
+
+def _fake_classifier(monkeypatch, stop_at=None):
+  """classifier.train_and_evaluate replaced by one that records each run's config and returns a summary."""
+  from tlgan.trainers import classifier
+  seen = []
+
+  def fake(config, workdir, allow_config_change=False):
+    classifier.check_config(config)  # every sub-run's config is a valid classifier config
+    seen.append((workdir, config))
+    if stop_at is not None and len(seen) == stop_at:
+      return {"status": "preempted"}
+    eps = config.dp.target_epsilon if config.dp.enabled else 0.0
+    if workdir.endswith("pretrain"):
+      import os
+      os.makedirs(workdir, exist_ok=True)
+      open(os.path.join(workdir, "model.msgpack"), "wb").close()
+    return {"status": "completed", "test_accuracy": 0.5 + 0.01 * len(seen), "train_time_s": 1.0, "step": 3,
+            "train_images_per_s": 10.0, "machine": {"backend": "cpu", "cpu": "Some CPU"},
+            "privacy": {"epsilon": eps or None, "noise_multiplier": 1.0 if eps else 0.0}}
+  monkeypatch.setattr(private_study.classifier, "train_and_evaluate", fake)
+  return seen
+
+
+def test_study_grid_every_run_config(tmp_path, monkeypatch):
+  """The whole grid: seed-major order, each run's data, weights, mode, learning rate and privacy target."""
+  from configs.private_study import get_config
+  config = get_config()
+  config.seeds = (0, 1)
+  seen = _fake_classifier(monkeypatch)
+  summary = private_study.train_and_evaluate(config, str(tmp_path))
+  assert summary["status"] == "completed"
+  names = [w[len(str(tmp_path)) + 1:] for w, _ in seen]
+  assert names[:4] == ["pretrain", "digits/eps1/scratch/seed0", "digits/eps1/finetune/seed0",
+                       "digits/eps1/probe/seed0"]
+  assert names[13:16] == ["digits/eps1/scratch/seed1", "digits/eps1/finetune/seed1", "digits/eps1/probe/seed1"]
+  assert names[25:] == ["fashion_mnist/eps1/scratch/seed0", "fashion_mnist/eps3/scratch/seed0",
+                        "fashion_mnist/eps8/scratch/seed0", "fashion_mnist/nonprivate/scratch/seed0"]
+  weights = str(tmp_path / "pretrain" / "model.msgpack")
+  for name, (_, run) in zip(names[1:], seen[1:]):
+    dataset, eps_folder, arm, seed = name.split("/")
+    assert run.data.name == dataset and run.seed == int(seed[4:]) and run.dp.enabled
+    assert run.dp.noise_multiplier == 0.0
+    assert run.dp.target_epsilon == (0.0 if eps_folder == "nonprivate" else float(eps_folder[3:]))
+    assert run.init.weights == ("" if arm == "scratch" else weights)
+    assert run.mode == ("linear_probe" if arm == "probe" else "full")
+    base = config.fashion if dataset == "fashion_mnist" else config.digits
+    assert run.optim.learning_rate == (config.probe_learning_rate if arm == "probe" else base.optim.learning_rate)
+  assert not seen[0][1].dp.enabled  # the public pretraining is not private
+  table = (tmp_path / "results.md").read_text()
+  lines = table.splitlines()
+  assert lines[0] == ("| digits test accuracy, % (mean ± std over seeds) | ε = 1 | ε = 3 | ε = 8 | "
+                      "non-private |")
+  assert "| Tramèr & Boneh 2021, ScatterNet + linear |  | 89.7 |  |  |" in lines
+  assert "(2 seeds)" in table and "—" not in table and "on Some CPU" in table
+
+
+def test_study_stopped_midway_keeps_its_rows(tmp_path, monkeypatch):
+  from configs.private_study import get_config
+  seen = _fake_classifier(monkeypatch, stop_at=4)
+  summary = private_study.train_and_evaluate(get_config(), str(tmp_path))
+  assert summary["status"] == "preempted" and len(summary["rows"]) == 2 and len(seen) == 4
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["done"] == 2 and results["of"] == 3 * 4 * 3 + 4
+  assert not (tmp_path / "results.md").exists()
+
+
+def test_table_averages_seeds_and_leaves_missing_cells_empty():
+  rows = [dict(dataset="digits", arm="probe", epsilon=3.0, test_accuracy=a, train_time_s=1.0) for a in (0.5, 0.7)]
+  pre = {"test_accuracy": 0.9, "train_time_s": 2.0, "machine": {"backend": "cpu", "cpu": "Some CPU"}}
+  table = private_study.tables_markdown(rows, [1.0, 3.0], pre)
+  probe = next(line for line in table.splitlines() if "linear probe" in line)
+  assert probe == "| Fashion-MNIST pretrained (public), linear probe | — | 60.0 ± 14.1 (2 seeds) |"
+  assert "Fashion-MNIST test accuracy" not in table and "on Some CPU" in table
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("epsilons", (), "epsilons is empty"), ("seeds", (), "seeds is empty"),
+    ("digits.dp.enabled", False, "digits.dp.enabled is False"),
+    ("epsilons", (-1.0,), "epsilons must be")])
+def test_refusals(field, value, message):
+  from configs.private_study import get_config
+  config = get_config("smoke")
+  *parents, leaf = field.split(".")
+  node = config
+  for key in parents:
+    node = node[key]
+  with node.ignore_type():
+    node[leaf] = value
+  with pytest.raises(ConfigError, match=message):
+    private_study.check_config(config)
