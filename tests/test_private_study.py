@@ -107,26 +107,42 @@ def test_study_stopped_midway_keeps_its_rows(tmp_path, monkeypatch):
 
 
 def test_table_averages_seeds_and_leaves_missing_cells_empty():
-  rows = [dict(dataset="digits", arm="probe", epsilon=3.0, test_accuracy=a, train_time_s=1.0) for a in (0.5, 0.7)]
-  pre = {"test_accuracy": 0.9, "train_time_s": 2.0, "machine": {"backend": "cpu", "cpu": "Some CPU"}}
+  rows = [dict(dataset="digits", arm="probe", epsilon=3.0, test_accuracy=a, train_time_s=1.0,
+               machine={"backend": "cpu", "cpu": "Some CPU"}) for a in (0.5, 0.7)]
+  pre = {"test_accuracy": 0.9, "train_time_s": 2.0}
   table = private_study.tables_markdown(rows, [1.0, 3.0], pre)
   probe = next(line for line in table.splitlines() if "linear probe" in line)
   assert probe == "| Fashion-MNIST pretrained (public), linear probe | — | 60.0 ± 14.1 (2 seeds) |"
-  assert "Fashion-MNIST test accuracy" not in table and "on Some CPU" in table
+  assert "Fashion-MNIST test accuracy" not in table and "on Some CPU" in table and "\n\n\n" not in table
+  fashion = [dict(rows[0], dataset="fashion_mnist", arm="scratch")]
+  only = private_study.tables_markdown(fashion, [3.0], {})
+  assert only.startswith("| Fashion-MNIST test accuracy, %, from scratch | ε = 3 |")
+  assert "Public pretraining" not in only and "| tlgan: GroupNorm ResNet18 (width 16) | 50.0 |" in only
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("epsilons", (), "epsilons is empty"), ("seeds", (), "seeds is empty"),
+    ("epsilons", (), "epsilons is empty"), ("seeds,fashion_seeds", ((), ()), "seeds and fashion_seeds are both empty"),
     ("digits.dp.enabled", False, "digits.dp.enabled is False"),
     ("epsilons", (-1.0,), "epsilons must be")])
 def test_refusals(field, value, message):
   from configs.private_study import get_config
   config = get_config("smoke")
-  *parents, leaf = field.split(".")
-  node = config
-  for key in parents:
-    node = node[key]
-  with node.ignore_type():
-    node[leaf] = value
+  for field, value in (zip(field.split(","), value) if "," in field else [(field, value)]):
+    *parents, leaf = field.split(".")
+    node = config
+    for key in parents:
+      node = node[key]
+    with node.ignore_type():
+      node[leaf] = value
   with pytest.raises(ConfigError, match=message):
     private_study.check_config(config)
+
+
+def test_fashion_only_study_skips_the_public_pretraining(tmp_path, monkeypatch):
+  from configs.private_study import get_config
+  config = get_config()
+  config.seeds, config.epsilons = (), (3.0,)
+  seen = _fake_classifier(monkeypatch)
+  summary = private_study.train_and_evaluate(config, str(tmp_path))
+  assert [w[len(str(tmp_path)) + 1:] for w, _ in seen] == ["fashion_mnist/eps3/scratch/seed0"]
+  assert summary["status"] == "completed" and summary["pretrain"] == {}

@@ -41,8 +41,8 @@ def check_config(config) -> None:
   config_checks.check_numbers(config, NUMBERS)
   if not config.epsilons:
     raise ConfigError("epsilons is empty: give at least one (0 for the non-private column)")
-  if not config.seeds:
-    raise ConfigError("seeds is empty: give at least one")
+  if not config.seeds and not config.fashion_seeds:
+    raise ConfigError("seeds and fashion_seeds are both empty: nothing to run; give at least one seed")
   for name in SUBS:  # all three before the first minute of pretraining
     classifier.check_config(config[name], prefix=f"{name}.")
   for name in ("digits", "fashion"):
@@ -90,33 +90,39 @@ def tables_markdown(rows: List[Dict[str, Any]], epsilons: Sequence[float], pretr
   header = " | ".join(epsilon_label(e) for e in epsilons)
   rule = "|---|" + "---|" * len(epsilons)
   digits = [r for r in rows if r["dataset"] == "digits"]
-  lines = [f"| digits test accuracy, % (mean ± std over seeds) | {header} |", rule]
-  for arm, label, _, _ in ARMS:
-    lines.append(f"| {label} | " + " | ".join(_cells(digits, epsilons, arm=arm)) + " |")
+  lines = []
+  if digits:
+    lines += [f"| digits test accuracy, % (mean ± std over seeds) | {header} |", rule]
+    for arm, label, _, _ in ARMS:
+      lines.append(f"| {label} | " + " | ".join(_cells(digits, epsilons, arm=arm)) + " |")
   fashion = [r for r in rows if r["dataset"] == "fashion_mnist"]
   if fashion:
-    lines += ["", f"| Fashion-MNIST test accuracy, %, from scratch | {header} |", rule,
+    lines += [""] if lines else []
+    lines += [f"| Fashion-MNIST test accuracy, %, from scratch | {header} |", rule,
               "| tlgan: GroupNorm ResNet18 (width 16) | " + " | ".join(_cells(fashion, epsilons)) + " |"]
     for name, acc in TRAMER_BONEH.items():
       lines.append(f"| Tramèr & Boneh 2021, {name} | " +
                    " | ".join(f"{acc:.1f}" if e == 3.0 else "" for e in epsilons) + " |")
   lines.append("")
   time_s = sum(r["train_time_s"] for r in rows)
-  machine = pretrain.get("machine", {})
+  machine = rows[0].get("machine", {}) if rows else {}
   device = machine.get("device_kind", "?") if machine.get("backend") != "cpu" else machine.get("cpu", "?")
-  lines.append(f"Public pretraining: GroupNorm ResNet18 on Fashion-MNIST (not private), test accuracy "
-               f"{100 * pretrain['test_accuracy']:.2f}% in {pretrain['train_time_s']:.0f} s. {len(rows)} private "
-               f"runs, {time_s:.0f} s of training in all, on {device}. delta: the power of ten below 1/N (digits "
-               "1e-4, N = 1,258; Fashion-MNIST 1e-5); digits' fixed stratified hold-out of 539 test images.")
+  if pretrain:
+    lines.append(f"Public pretraining: GroupNorm ResNet18 on Fashion-MNIST (not private), test accuracy "
+                 f"{100 * pretrain['test_accuracy']:.2f}% in {pretrain['train_time_s']:.0f} s.")
+  lines.append(f"{len(rows)} private runs, {time_s:.0f} s of training in all, on {device}. delta: the power of "
+               "ten below 1/N (digits 1e-4, N = 1,258; Fashion-MNIST 1e-5); digits' fixed stratified hold-out of "
+               "539 test images.")
   return "\n".join(lines) + "\n"
 
 
 def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) -> Dict[str, Any]:
   check_config(config)
-  pre = classifier.train_and_evaluate(config.pretrain, os.path.join(workdir, "pretrain"), allow_config_change)
-  weights = os.path.join(workdir, "pretrain", "model.msgpack")
-  if pre.get("status") != "completed" or not files.exists(weights):
-    return {"experiment": "private_study", "status": pre.get("status", "incomplete")}
+  weights, pre = os.path.join(workdir, "pretrain", "model.msgpack"), {}
+  if config.seeds:  # the public pretraining serves the digits runs only
+    pre = classifier.train_and_evaluate(config.pretrain, os.path.join(workdir, "pretrain"), allow_config_change)
+    if pre.get("status") != "completed" or not files.exists(weights):
+      return {"experiment": "private_study", "status": pre.get("status", "incomplete")}
   plan = []  # seed-major: a study cut short still has every column of its first seeds
   for seed in config.seeds:
     for eps in config.epsilons:
@@ -140,15 +146,35 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
                  "noise_multiplier": privacy.get("noise_multiplier"), "steps": summary["step"],
                  "train_time_s": summary["train_time_s"], "train_images_per_s": summary["train_images_per_s"],
                  "machine": summary["machine"]})
-    reporting.write_json(os.path.join(workdir, "results.json"), {"rows": rows, "done": len(rows), "of": len(plan)})
-  table = tables_markdown(rows, list(config.epsilons), pre)
+    reporting.write_json(os.path.join(workdir, "results.json"), {"rows": rows, "done": len(rows), "of": len(plan),
+                                                                  "epsilons": list(config.epsilons)})
+  table = tables_markdown(rows, list(config.epsilons), pre if config.seeds else {})
   if reporting.is_writer():
     files.atomic_write(os.path.join(workdir, "results.md"), lambda f: f.write(table), mode="w")
     if config.update_readme:
       logging.info("README table updated: %s",
                    transfer_study.update_readme(config.readme, table, README_START, README_END))
-  summary = {"experiment": "private_study", "status": "completed", "pretrain_test_accuracy": pre["test_accuracy"],
-             "pretrain_train_time_s": pre["train_time_s"], "rows": rows, "table": table}
+  summary = {"experiment": "private_study", "status": "completed", "pretrain": {
+      k: pre[k] for k in ("test_accuracy", "train_time_s", "machine") if k in pre}, "rows": rows, "table": table}
   reporting.write_json(os.path.join(workdir, "summary.json"), summary)
   print(table)
   return summary
+
+
+def merge(workdirs: Sequence[str]) -> str:
+  """One table from the rows of several workdirs' results.json (a study split into processes by seed, e.g.
+  scripts/private_study_parallel.sh); the public pretraining's summary from the first workdir that has one."""
+  import json
+  rows, pre, epsilons = [], {}, []
+  for workdir in workdirs:
+    path = os.path.join(workdir, "results.json")
+    if files.exists(path):
+      with open(path) as f:
+        results = json.load(f)
+      rows += results["rows"]
+      epsilons += [e for e in results["epsilons"] if e not in epsilons]
+    summary = os.path.join(workdir, "pretrain", "summary.json")
+    if not pre and files.exists(summary):
+      with open(summary) as f:
+        pre = json.load(f)
+  return tables_markdown(rows, epsilons, pre if any(r["dataset"] == "digits" for r in rows) else {})
