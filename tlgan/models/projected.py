@@ -27,6 +27,8 @@ from tlgan.models.dcgan import _batch_norm, dcgan_init
 from tlgan.models.layers import Conv, GroupNorm
 from tlgan.models.resnet import ResNet
 
+TRUNK = "trunk"  # the projected D's pretrained feature network: its module name, frozen in every kind of training
+
 
 class ProjectedDiscriminator(nn.Module):
   """images (N, H, W, C) in [-1, 1] -> logits (N,)."""
@@ -45,7 +47,7 @@ class ProjectedDiscriminator(nn.Module):
     frozen = nn.map_variables(ResNet, "params", trans_in_fn=jax.lax.stop_gradient, init=self.is_initializing(),
                               mutable=self.is_initializing())
     trunk = frozen(stage_sizes=(2, 2, 2, 2), num_classes=1, stem=self.trunk.stem, width=self.trunk.width,
-                   conv_impl=self.conv_impl, dtype=self.dtype, name="trunk")
+                   conv_impl=self.conv_impl, dtype=self.dtype, name=TRUNK)
     feats = trunk(x, train=False, stages=tuple(self.stages))  # inference BatchNorm: the trunk never changes
     logits = jnp.zeros((x.shape[0],), jnp.float32)
     for name in self.stages:
@@ -65,7 +67,7 @@ class ProjectedDiscriminator(nn.Module):
 def load_trunk(d_params, d_batch_stats, weights):
   """(params, batch_stats) with the trunk replaced by `weights` (a tlgan weights file's variables, e.g. a
   classifier trained on the source data); every trunk variable must be there with its shape."""
-  fresh = {"params": d_params["trunk"], "batch_stats": d_batch_stats["trunk"]}
+  fresh = {"params": d_params[TRUNK], "batch_stats": d_batch_stats[TRUNK]}
   merged, _ = pretrained.merge_pretrained(fresh, weights, ())
   merged = jax.tree.map(jnp.asarray, merged)
-  return {**d_params, "trunk": merged["params"]}, {**d_batch_stats, "trunk": merged["batch_stats"]}
+  return {**d_params, TRUNK: merged["params"]}, {**d_batch_stats, TRUNK: merged["batch_stats"]}

@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import optax
 
 from tlgan.losses import D_TERMS, get_losses
+from tlgan.models.projected import TRUNK
 from tlgan.steps.gan import GANState, ema_update, generate_with_vjp, latents
 from tlgan.steps.private import gaussian_noise, reweighted_clipped_sum
 
-FROZEN = "trunk"  # the parameters of D that never learn (a projected D's pretrained trunk)
+FROZEN = TRUNK  # the parameters of D that never learn (a projected D's pretrained trunk)
 
 
 def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axis_name: Optional[str] = None, *,

@@ -35,11 +35,12 @@ from tlgan.trainers import loop
 from tlgan.trainers import private
 
 RESNETS = tuple(arch for arch, info in pretrained.ARCHS.items() if info["module"])
+SMALL = ("tanh_cnn",)  # Tramer & Boneh's DP baseline (tlgan.models.small_cnn); model.stem/width/norm do not apply
 
 
 # Every field with a fixed set of values, and the table that holds them (checked before anything is built).
 CHOICES = {
-    "data.name": data.DATASETS, "mode": clf.MODES, "optim.name": clf.OPTIMIZERS, "model.arch": RESNETS,
+    "data.name": data.DATASETS, "mode": clf.MODES, "optim.name": clf.OPTIMIZERS, "model.arch": RESNETS + SMALL,
     "model.stem": STEMS, "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "parallel.mode": parallel.MODES,
     "model.channels": (1, 3), "data.pipeline": streaming.PIPELINES, "data.file_format": data.FILE_FORMATS,
     "model.norm": NORMS,
@@ -76,6 +77,9 @@ def check_config(config, prefix: str = "") -> None:
 
 def build_model(config, num_classes: int, axis_name=None):
   m = config.model
+  if m.arch == "tanh_cnn":
+    from tlgan.models.small_cnn import TanhCNN
+    return TanhCNN(num_classes=num_classes, dtype=COMPUTE_DTYPES[m.dtype])
   return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=COMPUTE_DTYPES[m.dtype],
                               conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual, axis_name=axis_name,
                               norm=m.norm, norm_groups=m.norm_groups)

@@ -26,7 +26,7 @@ from tlgan.errors import ConfigError
 from tlgan.losses import LOSSES
 from tlgan.models.dcgan import D_NORMS, Discriminator, Generator, d_block_layers, num_upsamplings
 from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
-from tlgan.models.projected import ProjectedDiscriminator, load_trunk
+from tlgan.models.projected import TRUNK, ProjectedDiscriminator, load_trunk
 from tlgan.models.resnet import STAGES
 from tlgan.steps import gan as gan_step
 from tlgan.steps import private_gan
@@ -99,7 +99,7 @@ def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) 
     trunk, trunk_meta = read_trunk(config)
     discriminator = ProjectedDiscriminator(features=m.d_features, stages=tuple(m.d_trunk_stages), trunk=trunk_meta,
                                            norm=m.d_norm, **kwargs)
-    d_tx = param_groups.freeze(d_tx, ["trunk"])
+    d_tx = param_groups.freeze(d_tx, [TRUNK])
   else:
     discriminator = Discriminator(features=m.d_features, norm=m.d_norm, **kwargs)
   if config.transfer.freeze_d_layers:  # FreezeD (Mo et al., 2020): D's lowest blocks keep their parameters

@@ -52,7 +52,8 @@ def check_config(config, prefix: str = "") -> None:
   if not enabled(config):
     return
   d = config.dp
-  if "mode" in config and config.model.norm == "batch" and config.mode == "full":  # a classifier
+  if ("mode" in config and config.model.norm == "batch" and config.mode == "full"  # a classifier ...
+      and config.model.arch != "tanh_cnn"):  # ... with normalisation layers (the small CNN has none)
     raise ConfigError(f"{prefix}dp.enabled with {prefix}model.norm=batch trains BatchNorm statistics on private data "
                       f"(they mix examples): set {prefix}model.norm=group or frozen_batch")
   if "discriminator" in config.model:  # a GAN: D is the network that reads private data
