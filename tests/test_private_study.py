@@ -1,6 +1,7 @@
 """The private study's one command, tiny: public pretraining, DP arms over epsilons and seeds, tables."""
 
 import json
+import os
 
 import pytest
 
@@ -52,13 +53,15 @@ def _fake_classifier(monkeypatch, stop_at=None):
     if stop_at is not None and len(seen) == stop_at:
       return {"status": "preempted"}
     eps = config.dp.target_epsilon if config.dp.enabled else 0.0
-    if workdir.endswith("pretrain"):
-      import os
+    summary = {"status": "completed", "test_accuracy": 0.5 + 0.01 * len(seen), "train_time_s": 1.0, "step": 3,
+               "train_images_per_s": 10.0, "machine": {"backend": "cpu", "cpu": "Some CPU"},
+               "privacy": {"epsilon": eps or None, "noise_multiplier": 1.0 if eps else 0.0}}
+    if workdir.endswith("pretrain"):  # what the real trainer leaves: the weights and the summary
       os.makedirs(workdir, exist_ok=True)
       open(os.path.join(workdir, "model.msgpack"), "wb").close()
-    return {"status": "completed", "test_accuracy": 0.5 + 0.01 * len(seen), "train_time_s": 1.0, "step": 3,
-            "train_images_per_s": 10.0, "machine": {"backend": "cpu", "cpu": "Some CPU"},
-            "privacy": {"epsilon": eps or None, "noise_multiplier": 1.0 if eps else 0.0}}
+      with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    return summary
   monkeypatch.setattr(private_study.classifier, "train_and_evaluate", fake)
   return seen
 
@@ -114,7 +117,7 @@ def test_table_averages_seeds_and_leaves_missing_cells_empty():
   probe = next(line for line in table.splitlines() if "linear probe" in line)
   assert probe == "| Fashion-MNIST pretrained (public), linear probe | — | 60.0 ± 14.1 (2 seeds) |"
   assert "Fashion-MNIST test accuracy" not in table and "on Some CPU" in table and "\n\n\n" not in table
-  fashion = [dict(rows[0], dataset="fashion_mnist", arm="scratch")]
+  fashion = [dict(rows[0], dataset="fashion_mnist", arm="scratch", model="GroupNorm ResNet18 (width 16)")]
   only = private_study.tables_markdown(fashion, [3.0], {})
   assert only.startswith("| Fashion-MNIST test accuracy, %, from scratch | ε = 3 |")
   assert "Public pretraining" not in only and "| tlgan: GroupNorm ResNet18 (width 16) | 50.0 |" in only
@@ -123,7 +126,8 @@ def test_table_averages_seeds_and_leaves_missing_cells_empty():
 @pytest.mark.parametrize("field,value,message", [
     ("epsilons", (), "epsilons is empty"), ("seeds,fashion_seeds", ((), ()), "seeds and fashion_seeds are both empty"),
     ("digits.dp.enabled", False, "digits.dp.enabled is False"),
-    ("epsilons", (-1.0,), "epsilons must be")])
+    ("epsilons", (-1.0,), "epsilons must be"), ("epsilons", (3.0, 3.0), "repeats a value"),
+    ("fashion_seeds", (0, 0), r"fashion_seeds=\(0, 0\) repeats a value")])
 def test_refusals(field, value, message):
   from configs.private_study import get_config
   config = get_config("smoke")
@@ -146,3 +150,27 @@ def test_fashion_only_study_skips_the_public_pretraining(tmp_path, monkeypatch):
   summary = private_study.train_and_evaluate(config, str(tmp_path))
   assert [w[len(str(tmp_path)) + 1:] for w, _ in seen] == ["fashion_mnist/eps3/scratch/seed0"]
   assert summary["status"] == "completed" and summary["pretrain"] == {}
+
+
+def test_models_are_named_from_the_config():
+  from configs import private
+  assert private_study.describe_model(private.get_config()) == "GroupNorm ResNet18 (width 16)"
+  assert private_study.describe_model(private.get_config("tramer_boneh")) == "tanh_cnn"
+
+
+def test_merge_of_processes_split_by_seed(tmp_path, monkeypatch):
+  """Two processes (seed 0 with the pretraining, seed 1 with a copy of it) give the one-process table."""
+  from configs.private_study import get_config
+  _fake_classifier(monkeypatch)
+  tables = {}
+  for seeds, fashion in (((0,), (0,)), ((1,), ()), ((0, 1), (0,))):
+    config = get_config()
+    config.epsilons, config.seeds, config.fashion_seeds = (3.0, 0.0), seeds, fashion
+    workdir = tmp_path / "-".join(map(str, seeds))
+    summary = private_study.train_and_evaluate(config, str(workdir))
+    tables[seeds] = summary["table"]
+  merged = private_study.merge([str(tmp_path / "0"), str(tmp_path / "1"), str(tmp_path / "nonexistent")])
+  one = tables[(0, 1)]
+  assert "(2 seeds)" in merged and "| tlgan: GroupNorm ResNet18 (width 16) |" in merged
+  assert "Public pretraining: GroupNorm ResNet18 (width 16) on Fashion-MNIST" in merged
+  assert merged.splitlines()[0] == one.splitlines()[0] and merged.count("\n|") == one.count("\n|")

@@ -41,6 +41,9 @@ def check_config(config) -> None:
   config_checks.check_numbers(config, NUMBERS)
   if not config.epsilons:
     raise ConfigError("epsilons is empty: give at least one (0 for the non-private column)")
+  for name in ("epsilons", "seeds", "fashion_seeds"):
+    if len(set(config[name])) != len(config[name]):
+      raise ConfigError(f"{name}={tuple(config[name])} repeats a value (the runs would share a folder): list each once")
   if not config.seeds and not config.fashion_seeds:
     raise ConfigError("seeds and fashion_seeds are both empty: nothing to run; give at least one seed")
   for name in SUBS:  # all three before the first minute of pretraining
@@ -57,6 +60,15 @@ def epsilon_label(eps: float) -> str:
 
 def _folder(eps: float) -> str:
   return "nonprivate" if eps <= 0 else f"eps{eps:g}"
+
+
+def describe_model(config) -> str:
+  """'GroupNorm ResNet18 (width 16)', 'tanh_cnn': the network of a classifier config, for the tables."""
+  m = config.model
+  if m.arch.startswith("resnet"):
+    norm = {"group": "GroupNorm ", "frozen_batch": "frozen-BatchNorm ", "batch": ""}.get(m.norm, "")
+    return f"{norm}ResNet{m.arch[6:]} (width {m.width})"
+  return m.arch
 
 
 def _run_config(base, *, seed: int, epsilon: float, weights: str = "", mode: str = "full",
@@ -99,7 +111,7 @@ def tables_markdown(rows: List[Dict[str, Any]], epsilons: Sequence[float], pretr
   if fashion:
     lines += [""] if lines else []
     lines += [f"| Fashion-MNIST test accuracy, %, from scratch | {header} |", rule,
-              "| tlgan: GroupNorm ResNet18 (width 16) | " + " | ".join(_cells(fashion, epsilons)) + " |"]
+              f"| tlgan: {fashion[0].get('model', '?')} | " + " | ".join(_cells(fashion, epsilons)) + " |"]
     for name, acc in TRAMER_BONEH.items():
       lines.append(f"| Tramèr & Boneh 2021, {name} | " +
                    " | ".join(f"{acc:.1f}" if e == 3.0 else "" for e in epsilons) + " |")
@@ -108,8 +120,8 @@ def tables_markdown(rows: List[Dict[str, Any]], epsilons: Sequence[float], pretr
   machine = rows[0].get("machine", {}) if rows else {}
   device = machine.get("device_kind", "?") if machine.get("backend") != "cpu" else machine.get("cpu", "?")
   if pretrain:
-    lines.append(f"Public pretraining: GroupNorm ResNet18 on Fashion-MNIST (not private), test accuracy "
-                 f"{100 * pretrain['test_accuracy']:.2f}% in {pretrain['train_time_s']:.0f} s.")
+    lines.append(f"Public pretraining: {pretrain.get('model', 'the same network')} on Fashion-MNIST (not private), "
+                 f"test accuracy {100 * pretrain['test_accuracy']:.2f}% in {pretrain['train_time_s']:.0f} s.")
   lines.append(f"{len(rows)} private runs, {time_s:.0f} s of training in all, on {device}. delta: the power of "
                "ten below 1/N (digits 1e-4, N = 1,258; Fashion-MNIST 1e-5); digits' fixed stratified hold-out of "
                "539 test images.")
@@ -123,6 +135,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
     pre = classifier.train_and_evaluate(config.pretrain, os.path.join(workdir, "pretrain"), allow_config_change)
     if pre.get("status") != "completed" or not files.exists(weights):
       return {"experiment": "private_study", "status": pre.get("status", "incomplete")}
+    pre = {**pre, "model": describe_model(config.pretrain)}
   plan = []  # seed-major: a study cut short still has every column of its first seeds
   for seed in config.seeds:
     for eps in config.epsilons:
@@ -142,12 +155,14 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
       return {"experiment": "private_study", "status": summary.get("status", "incomplete"), "rows": rows}
     privacy = summary.get("privacy", {})
     rows.append({"dataset": dataset, "arm": arm, "epsilon": eps, "seed": seed, "run": name,
+                 "model": describe_model(run),
                  "test_accuracy": summary["test_accuracy"], "epsilon_reached": privacy.get("epsilon"),
                  "noise_multiplier": privacy.get("noise_multiplier"), "steps": summary["step"],
                  "train_time_s": summary["train_time_s"], "train_images_per_s": summary["train_images_per_s"],
                  "machine": summary["machine"]})
     reporting.write_json(os.path.join(workdir, "results.json"), {"rows": rows, "done": len(rows), "of": len(plan),
-                                                                  "epsilons": list(config.epsilons)})
+                                                                  "epsilons": list(config.epsilons),
+                                                                  "pretrain_model": pre.get("model", "")})
   table = tables_markdown(rows, list(config.epsilons), pre if config.seeds else {})
   if reporting.is_writer():
     files.atomic_write(os.path.join(workdir, "results.md"), lambda f: f.write(table), mode="w")
@@ -168,13 +183,14 @@ def merge(workdirs: Sequence[str]) -> str:
   rows, pre, epsilons = [], {}, []
   for workdir in workdirs:
     path = os.path.join(workdir, "results.json")
-    if files.exists(path):
-      with open(path) as f:
-        results = json.load(f)
-      rows += results["rows"]
-      epsilons += [e for e in results["epsilons"] if e not in epsilons]
+    if not files.exists(path):
+      continue
+    with open(path) as f:
+      results = json.load(f)
+    rows += results["rows"]
+    epsilons += [e for e in results["epsilons"] if e not in epsilons]
     summary = os.path.join(workdir, "pretrain", "summary.json")
-    if not pre and files.exists(summary):
+    if not pre and results.get("pretrain_model") and files.exists(summary):
       with open(summary) as f:
-        pre = json.load(f)
+        pre = {**json.load(f), "model": results["pretrain_model"]}
   return tables_markdown(rows, epsilons, pre if any(r["dataset"] == "digits" for r in rows) else {})
