@@ -26,3 +26,6 @@ class TanhCNN(nn.Module):
     x = nn.max_pool(jnp.tanh(x), (2, 2), strides=(1, 1))
     x = jnp.tanh(nn.Dense(32, dtype=self.dtype, name="dense")(x.reshape(x.shape[0], -1)))
     return nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(x).astype(jnp.float32)
+
+
+ARCHS = {"tanh_cnn": TanhCNN}  # model.arch values of these networks (no normalisation layers; stem/width/norm unused)

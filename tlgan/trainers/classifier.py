@@ -27,6 +27,7 @@ from tlgan import (config_checks, data, files, host_preprocessing, parallel, pre
                    streaming)
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
+from tlgan.models import small_cnn
 from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
 from tlgan.models.resnet import NORMS, STEMS
 from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
@@ -35,7 +36,7 @@ from tlgan.trainers import loop
 from tlgan.trainers import private
 
 RESNETS = tuple(arch for arch, info in pretrained.ARCHS.items() if info["module"])
-SMALL = ("tanh_cnn",)  # Tramer & Boneh's DP baseline (tlgan.models.small_cnn); model.stem/width/norm do not apply
+SMALL = tuple(small_cnn.ARCHS)  # Tramer & Boneh's DP baseline; model.stem/width/norm do not apply
 
 
 # Every field with a fixed set of values, and the table that holds them (checked before anything is built).
@@ -77,9 +78,8 @@ def check_config(config, prefix: str = "") -> None:
 
 def build_model(config, num_classes: int, axis_name=None):
   m = config.model
-  if m.arch == "tanh_cnn":
-    from tlgan.models.small_cnn import TanhCNN
-    return TanhCNN(num_classes=num_classes, dtype=COMPUTE_DTYPES[m.dtype])
+  if m.arch in small_cnn.ARCHS:
+    return small_cnn.ARCHS[m.arch](num_classes=num_classes, dtype=COMPUTE_DTYPES[m.dtype])
   return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=COMPUTE_DTYPES[m.dtype],
                               conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual, axis_name=axis_name,
                               norm=m.norm, norm_groups=m.norm_groups)

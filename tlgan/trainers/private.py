@@ -19,6 +19,7 @@ import numpy as np
 
 from tlgan import privacy, stopping
 from tlgan.errors import ConfigError
+from tlgan.models import small_cnn
 from tlgan.steps import private as private_step
 
 def numbers():
@@ -53,7 +54,7 @@ def check_config(config, prefix: str = "") -> None:
     return
   d = config.dp
   if ("mode" in config and config.model.norm == "batch" and config.mode == "full"  # a classifier ...
-      and config.model.arch != "tanh_cnn"):  # ... with normalisation layers (the small CNN has none)
+      and config.model.arch not in small_cnn.ARCHS):  # ... with normalisation layers (the small CNNs have none)
     raise ConfigError(f"{prefix}dp.enabled with {prefix}model.norm=batch trains BatchNorm statistics on private data "
                       f"(they mix examples): set {prefix}model.norm=group or frozen_batch")
   if "discriminator" in config.model:  # a GAN: D is the network that reads private data

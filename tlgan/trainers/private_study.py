@@ -51,7 +51,7 @@ def check_config(config) -> None:
   for name in ("digits", "fashion"):
     if not config[name].dp.enabled:
       raise ConfigError(f"{name}.dp.enabled is False: the study's {name} runs are the private ones; "
-                                      f"set {name}.dp.enabled=True")
+                        f"set {name}.dp.enabled=True")
 
 
 def epsilon_label(eps: float) -> str:
@@ -65,7 +65,7 @@ def _folder(eps: float) -> str:
 def describe_model(config) -> str:
   """'GroupNorm ResNet18 (width 16)', 'tanh_cnn': the network of a classifier config, for the tables."""
   m = config.model
-  if m.arch.startswith("resnet"):
+  if m.arch in classifier.RESNETS:
     norm = {"group": "GroupNorm ", "frozen_batch": "frozen-BatchNorm ", "batch": ""}.get(m.norm, "")
     return f"{norm}ResNet{m.arch[6:]} (width {m.width})"
   return m.arch
