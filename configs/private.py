@@ -11,6 +11,8 @@ Variants (comma-separated after a colon):
     linear_probe   DP training of the head only (the pretrained backbone stays frozen)
     tramer_boneh   Tramer & Boneh's (2021) end-to-end baseline on Fashion-MNIST: their small tanh CNN (26,010
                    parameters) and hyperparameters (SGD lr 4, momentum 0.9, C = 0.1, batch 2048, 40 epochs)
+    scatternet     their handcrafted-feature baseline: scattering transform + GroupNorm + linear (39,700
+                   parameters), DP-SGD with batch 8192, lr 4, momentum 0.9, C = 0.1, 40 epochs
     eps1, eps8     epsilon 1 or 8 instead of 3
     nonprivate     the same recipe (Poisson batches, clipping) without noise: epsilon infinite
     smoke          a tiny run for tests
@@ -90,6 +92,22 @@ def tramer_boneh(config):
   config.dp.clip_norm = 0.1
 
 
+def scatternet(config):
+  """Tramer & Boneh's handcrafted-feature baseline on Fashion-MNIST (89.7% at epsilon 3 in their paper): the
+  scattering transform (J = 2, 81 channels at 7x7, fixed, computed once per image), parameter-free GroupNorm
+  (27 groups) and a linear layer trained with DP-SGD."""
+  config.model.arch = "scatter_linear"
+  config.model.image_size = 28
+  config.batch_size = 8192
+  config.num_epochs = 40.0
+  config.eval_every_epochs = 10.0
+  config.log_every = 10
+  config.checkpoint_every = 50
+  config.optim.learning_rate = 4.0
+  config.optim.momentum = 0.9
+  config.dp.clip_norm = 0.1
+
+
 def linear_probe(config):
   """DP training of the head only; the pretrained backbone stays frozen."""
   config.mode = "linear_probe"
@@ -125,6 +143,6 @@ def smoke(config):
   config.eval_every_epochs = 1000.0
 
 
-VARIANTS = {"digits": digits, "public_pretrain": public_pretrain, "tramer_boneh": tramer_boneh,
+VARIANTS = {"digits": digits, "public_pretrain": public_pretrain, "tramer_boneh": tramer_boneh, "scatternet": scatternet,
             "linear_probe": linear_probe, "eps1": eps1,
             "eps8": eps8, "nonprivate": nonprivate, "smoke": smoke}

@@ -261,17 +261,22 @@ class WeightsMeta:
   @classmethod
   def from_file(cls, raw: Mapping[str, Any], variables: Mapping[str, Any], path: str) -> "WeightsMeta":
     """The record of a file's metadata; fields older files lack come from the variables or the defaults."""
-    if raw.get("arch") not in ARCHS:
+    from tlgan.models import small_cnn  # the DP baselines a classifier run exports too (they import this module)
+    known = (*ARCHS, *small_cnn.ARCHS)
+    if raw.get("arch") not in known:
       raise UserError(f"{path} names no known architecture (arch={raw.get('arch')!r}): not a tlgan weights file "
-                      f"of {', '.join(ARCHS)}")
+                      f"of {', '.join(known)}")
     params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
     derived = {}
     if raw["arch"] != INCEPTION_FID:
+      resnet = raw["arch"] in ARCHS
       try:
-        derived = {"width": int(np.shape(params["conv1"]["kernel"])[-1]),
-                   "num_classes": int(np.shape(params["fc"]["kernel"])[-1])}
+        derived = {"num_classes": int(np.shape(params["fc"]["kernel"])[-1])}
+        if resnet:
+          derived["width"] = int(np.shape(params["conv1"]["kernel"])[-1])
       except (KeyError, TypeError, IndexError):
-        raise UserError(f"{path} has no conv1/fc parameters: not the weights of a tlgan {raw['arch']}") from None
+        raise UserError(f"{path} has no {'conv1/' if resnet else ''}fc parameters: not the weights of a tlgan "
+                        f"{raw['arch']}") from None
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
     values = {k: (int(v) if fields[k] in (int, "int") else str(v)) for k, v in raw.items() if k in fields}
     return cls(**{**values, **derived})

@@ -11,6 +11,8 @@ PyTorch copy of these weights permutes the first dense layer's rows; tests/test_
 import flax.linen as nn
 import jax.numpy as jnp
 
+from tlgan.models.scattering import ScatterLinear
+
 
 class TanhCNN(nn.Module):
   num_classes: int = 10
@@ -28,4 +30,5 @@ class TanhCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(x).astype(jnp.float32)
 
 
-ARCHS = {"tanh_cnn": TanhCNN}  # model.arch values of these networks (no normalisation layers; stem/width/norm unused)
+# model.arch values of the small DP baselines (no layer mixes examples; stem/width/norm do not apply)
+ARCHS = {"tanh_cnn": TanhCNN, "scatter_linear": ScatterLinear}

@@ -85,6 +85,25 @@ def build_model(config, num_classes: int, axis_name=None):
                               norm=m.norm, norm_groups=m.norm_groups)
 
 
+def _unchanged(batch, step, stream=0):
+  del step, stream
+  return batch
+
+
+def fixed_features(model, images: np.ndarray, map_fn: Callable, name: str, chunk: int = 1024) -> np.ndarray:
+  """`model.fixed_features` of every image (preprocessed by `map_fn`), in chunks, as one float32 array."""
+  fn = jax.jit(model.fixed_features)
+  out, t0 = [], time.time()
+  for i in range(0, len(images), chunk):
+    stopping.check("computing fixed features")
+    x = map_fn({"image": images[i:i + chunk], "label": np.zeros(len(images[i:i + chunk]), np.int32)}, 0)["image"]
+    out.append(np.asarray(fn(jnp.asarray(x))))
+  features = np.concatenate(out)
+  logging.info("fixed features of %s: %d images -> %s float32 (%.0f MB) in %.1f s", name, len(images),
+               features.shape[1:], features.nbytes / 2**20, time.time() - t0)
+  return features
+
+
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return max(1, math.ceil(num_examples / global_batch))
 
@@ -289,7 +308,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_map = host_preprocessing.classifier_fn(train=True, crop_padding=a.crop_padding, flip=a.flip,
                                                  seed=config.seed, **common)
     eval_map, eval_batches = host_preprocessing.classifier_fn(train=False, **common), streaming.eval_batches
-    batches = private.batches(shards[0].images, shards[0].labels, dp_plan, seed=config.seed, start_step=start,
+    train_x = shards[0].images
+    if hasattr(state.model, "fixed_features") and not (a.crop_padding or a.flip):
+      # A parameter-free front end (the scattering transform): computed once per image, not twice per step.
+      train_x, test_x = (fixed_features(state.model, x, eval_map, name) for x, name in
+                         ((train_x, config.data.train_split), (test_x, config.data.test_split)))
+      state = state.replace(model=state.model.clone(precomputed=True))
+      train_map = eval_map = _unchanged
+    batches = private.batches(train_x, shards[0].labels, dp_plan, seed=config.seed, start_step=start,
                               map_fn=train_map)
   elif pipeline == "streaming":  # the same batches, without TensorFlow
     train_map = host_preprocessing.classifier_fn(train=True, crop_padding=a.crop_padding, flip=a.flip,
