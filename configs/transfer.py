@@ -63,6 +63,7 @@ def get_config(arg=None):
   config.optim.weight_decay = 5e-4
   config.optim.warmup_epochs = 0.5
   config.optim.label_smoothing = 0.0
+  config.optim.ema_decay = 0.0  # > 0: evaluate and export an EMA of the parameters (e.g. 0.999)
 
   config.augment = ml_collections.ConfigDict()
   config.augment.crop_padding = 4

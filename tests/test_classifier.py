@@ -72,6 +72,32 @@ def test_discriminative_learning_rates():
     np.testing.assert_allclose(np.asarray(p2 - p0), factor * np.asarray(p1 - p0), rtol=1e-4, atol=3e-7)
 
 
+def test_parameter_ema_follows_its_formula_and_is_what_evaluation_uses():
+  """optim.ema_decay: the average of the parameters after each step, with the (1 + t) / (10 + t) warm-up, in
+  float64 by hand; the training parameters themselves are those of the same optimiser without the EMA."""
+  tx = clf.make_optimizer(learning_rate=0.1, momentum=0.9, total_steps=100, ema_decay=0.9)
+  state = clf.init_state(jax.random.key(0), MODEL, tx, image_shape=SHAPE, num_classes=5)
+  plain = make_state()
+  expected = jax.tree.map(lambda p: np.asarray(p, np.float64), state.params)
+  for t in range(4):
+    state, _ = step(state, batch(seed=t), jax.random.key(0))
+    plain, _ = step(plain, batch(seed=t), jax.random.key(0))
+    decay = min(0.9, (1 + t) / (10 + t))
+    expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * np.asarray(p, np.float64), expected, state.params)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain.params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(state.eval_variables["params"]), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  b = {**batch(seed=9), "mask": jnp.ones(8, bool)}
+  with_ema = eval_step(state, b)
+  without = eval_step(state.replace(opt_state=state.opt_state.inner), b)
+  assert float(with_ema["loss_sum"]) != float(without["loss_sum"])
+  by_hand = eval_step(state.replace(params=state.opt_state.ema, opt_state=state.opt_state.inner), b)
+  np.testing.assert_array_equal(with_ema["loss_sum"], by_hand["loss_sum"])
+  with pytest.raises(ValueError, match="decay must be in"):
+    clf.with_param_ema(tx, 1.0)
+
+
 def test_label_smoothed_cross_entropy_vs_float64():
   rng = np.random.default_rng(0)
   logits, labels = rng.normal(0, 2, (6, 5)), rng.integers(0, 5, 6)

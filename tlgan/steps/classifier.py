@@ -9,7 +9,7 @@ What is trained is decided by the optimiser (`make_optimizer`): parameters label
 keeps its BatchNorm in inference mode (`bn_train=False`), so its running statistics do not move either.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -39,15 +39,53 @@ class ClassifierState(struct.PyTreeNode):
   def variables(self):
     return {"params": self.params, "batch_stats": self.batch_stats}
 
+  @property
+  def eval_variables(self):
+    """What evaluation and export use: the EMA of the parameters when the optimiser keeps one (`optim.ema_decay`
+    > 0), else the parameters."""
+    params = self.opt_state.ema if isinstance(self.opt_state, ParamEMAState) else self.params
+    return {"params": params, "batch_stats": self.batch_stats}
+
+
+class ParamEMAState(NamedTuple):
+  inner: Any  # the wrapped optimiser's state
+  ema: Any  # the moving average of the parameters after each update
+  count: jax.Array
+
+
+def with_param_ema(tx: optax.GradientTransformation, decay: float) -> optax.GradientTransformation:
+  """`tx`, plus an exponential moving average of the parameters it produces, kept in the optimiser state (so
+  checkpoints hold it and resume continues it). Early on the decay is min(decay, (1 + t) / (10 + t)), as in
+  tf.train.ExponentialMovingAverage(num_updates=t): a short run's average is not dominated by the initial
+  weights. Under DP-SGD the average is post-processing of the noisy iterates: no privacy cost."""
+  if not 0.0 < decay < 1.0:
+    raise ValueError(f"the parameter EMA's decay must be in (0, 1), got {decay}")
+
+  def init(params):
+    return ParamEMAState(tx.init(params), jax.tree.map(jnp.copy, params), jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("with_param_ema needs the parameters: call update(updates, state, params)")
+    updates, inner = tx.update(updates, state.inner, params)
+    t = state.count.astype(jnp.float32)
+    rate = 1.0 - jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    ema = optax.incremental_update(optax.apply_updates(params, updates), state.ema, rate)
+    return updates, ParamEMAState(inner, ema, state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
 
 def make_optimizer(*, mode: str = "full", optimizer: str = "sgd", learning_rate: float = 0.1,
                    backbone_lr_factor: float = 1.0, momentum: float = 0.9, weight_decay: float = 0.0,
-                   warmup_steps: int = 0, total_steps: int = 1000) -> optax.GradientTransformation:
+                   warmup_steps: int = 0, total_steps: int = 1000, ema_decay: float = 0.0
+                   ) -> optax.GradientTransformation:
   """SGD-momentum / Adam / AdamW with a warm-up + cosine schedule, per parameter group.
 
   The head learns at `learning_rate`, the backbone at `learning_rate * backbone_lr_factor` (discriminative
   learning rates; 1.0 is plain fine-tuning), and in 'linear_probe' mode the backbone not at all. Weight decay
   applies to kernels (not to biases or BatchNorm), decoupled for AdamW and as an L2 gradient term for SGD.
+  `ema_decay` > 0 keeps an EMA of the parameters (`with_param_ema`), which evaluation and export then use.
   """
   def schedule(peak):
     return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup_steps, 0), max(total_steps, warmup_steps + 1))
@@ -66,9 +104,10 @@ def make_optimizer(*, mode: str = "full", optimizer: str = "sgd", learning_rate:
 
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  return param_groups.optimizer(
+  tx = param_groups.optimizer(
       {"head": group(learning_rate), "backbone": group(learning_rate * backbone_lr_factor), "frozen": None},
       [(HEAD, "head")], default="frozen" if mode == "linear_probe" else "backbone")
+  return with_param_ema(tx, ema_decay) if ema_decay > 0 else tx
 
 
 def init_state(rng, model: nn.Module, tx: optax.GradientTransformation, *, image_shape, num_classes: int, label_smoothing: float = 0.0,
@@ -149,7 +188,7 @@ def train_step(state: ClassifierState, batch: Dict[str, jax.Array], rng: jax.Arr
 
 def eval_step(state: ClassifierState, batch: Dict[str, jax.Array]) -> Dict[str, jax.Array]:
   """Sums over the real examples of a padded batch (`batch['mask']`): correct, count, loss, confusion."""
-  logits = state.model.apply(state.variables, batch["image"], train=False)
+  logits = state.model.apply(state.eval_variables, batch["image"], train=False)
   mask = batch.get("mask", jnp.ones(batch["label"].shape, bool)).astype(jnp.float32)
   predicted = jnp.argmax(logits, -1)
   loss = cross_entropy(logits, batch["label"], state.num_classes)

@@ -59,7 +59,7 @@ NUMBERS = {
     "model.width": _N.POSITIVE_INT, "model.num_classes": _N.NON_NEGATIVE_INT, "model.image_size": _N.Number(int, 8),
     "optim.learning_rate": _N.POSITIVE, "optim.backbone_lr_factor": _N.NON_NEGATIVE, "optim.momentum": _N.FRACTION,
     "optim.weight_decay": _N.NON_NEGATIVE, "optim.warmup_epochs": _N.NON_NEGATIVE,
-    "optim.label_smoothing": _N.FRACTION, "augment.crop_padding": _N.NON_NEGATIVE_INT,
+    "optim.label_smoothing": _N.FRACTION, "optim.ema_decay": _N.FRACTION, "augment.crop_padding": _N.NON_NEGATIVE_INT,
     "model.norm_groups": _N.POSITIVE_INT, **private.numbers(),
 }
 
@@ -135,7 +135,7 @@ def build_state(config, num_classes: int, total_steps: int, epoch_steps: int, lo
   tx = clf.make_optimizer(
       mode=config.mode, optimizer=o.name, learning_rate=o.learning_rate, backbone_lr_factor=o.backbone_lr_factor,
       momentum=o.momentum, weight_decay=o.weight_decay, warmup_steps=int(o.warmup_epochs * epoch_steps),
-      total_steps=total_steps)
+      total_steps=total_steps, ema_decay=o.ema_decay)
   state = clf.init_state(None, model, tx, image_shape=image_shape, num_classes=num_classes,
                          label_smoothing=o.label_smoothing, mode=config.mode,
                          variables=jax.tree.map(jnp.asarray, variables))
@@ -367,7 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if reporting.is_writer() and result.status == "completed":
     final_state = jax.device_get(result.state)
     pretrained.save(os.path.join(workdir, "model.msgpack"),
-                    {"params": final_state.params, "batch_stats": final_state.batch_stats},
+                    final_state.eval_variables,  # the parameters' EMA when one is kept
                     pretrained.WeightsMeta(
                         arch=config.model.arch, source=f"tlgan classifier on {config.data.name}",
                         stem=config.model.stem, image_size=config.model.image_size, channels=config.model.channels,
