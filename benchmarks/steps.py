@@ -27,6 +27,7 @@ import sys
 if "--against-torch" in sys.argv or "--against_torch" in sys.argv:
   from benchmarks import torch_reference  # noqa: F401  (imports torch and torchvision)
 
+import json
 import os
 import statistics
 import time
@@ -37,6 +38,7 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 
+from tlgan import reporting
 from benchmarks.jax_steps import (jax_dcgan, jax_dp_resnet18, jax_gn_resnet18, jax_projected_gan, jax_resnet18,
                                   measure)
 
@@ -47,6 +49,7 @@ flags.DEFINE_integer("steps_per_round", 4, "Timed steps per framework per round.
 flags.DEFINE_string("conv_impl", "auto", "tlgan's convolution implementation: auto, xla or matmul.")
 flags.DEFINE_list("only", ["dcgan", "resnet18"], "Which steps to run (dcgan, resnet18, projected, dp_resnet18).")
 flags.DEFINE_integer("dp_microbatch", 32, "dp_resnet18: examples whose gradient norms are computed at once.")
+flags.DEFINE_string("json_out", "", "Also write the rows as JSON to this file (benchmarks.xla_flags reads it).")
 FLAGS = flags.FLAGS
 
 
@@ -80,7 +83,17 @@ def _timed(fn) -> float:
 # -------------------------------------------------------------------------------------------------- report
 
 
+def load_note(before: float, after: float) -> str:
+  """The 1-minute load average before and after, and whether the machine looked busy (another job's threads
+  on the cores skew the ratios: contention hurts PyTorch's threads more than XLA's)."""
+  cores = os.cpu_count() or 1
+  busy = max(before, after) > 0.5 * cores + 1.0  # the benchmark itself raises it to ~cores
+  return (f"load average (1 min) {before:.2f} before, {after:.2f} after on {cores} CPUs: "
+          + ("BUSY: another job shared the machine, the ratios are not quiet-machine numbers" if busy else "quiet"))
+
+
 def main(_):
+  load_before = os.getloadavg()[0]
   if FLAGS.against_torch:
     threads = torch_reference.torch.get_num_threads()
   dp = lambda batch, impl: jax_dp_resnet18(batch, impl, FLAGS.dp_microbatch)
@@ -96,7 +109,7 @@ def main(_):
     peaks["PyTorch"] = torch_matmul_peak()
   peak = max(peaks.values())
 
-  rows, ratio_rows = [], []
+  rows, ratio_rows, records = [], [], []
   for name in FLAGS.only:
     make_jax, make_torch = builders[name]
     js = make_jax(FLAGS.batch_size, FLAGS.conv_impl)
@@ -110,6 +123,8 @@ def main(_):
       gflops = js.flops / med / 1e9
       rows.append(f"| {js.name} | {who} | {med * 1e3:,.0f} | {FLAGS.batch_size / med:,.0f} | {gflops:,.0f} | "
                   f"{gflops / peak:.0%} | {compile_s} |")
+      records.append({"step": name, "name": js.name, "framework": who, "median_s": med,
+                      "compile_s": js.compile_s if who.startswith("tlgan") else None})
     if ratios:
       goal = goals.get(name, 1.25)
       ratio_rows.append(f"| {js.name} | {statistics.median(ratios):.2f}x | {min(ratios):.2f}..{max(ratios):.2f} | "
@@ -128,7 +143,13 @@ def main(_):
       del plain
     del js, ts
 
-  print(f"\nBatch {FLAGS.batch_size}, float32, {jax.device_count()} {jax.default_backend()} device(s), "
+  load = load_note(load_before, os.getloadavg()[0])
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w") as f:
+      json.dump({"rows": records, "peaks_gflops": peaks, "load": load, "cpu": reporting.cpu_model(),
+                 "xla_flags": os.environ.get("XLA_FLAGS", "")}, f, indent=2)
+  print(f"\n{reporting.cpu_model()}; {load}")
+  print(f"Batch {FLAGS.batch_size}, float32, {jax.device_count()} {jax.default_backend()} device(s), "
         f"{os.cpu_count()} CPU threads" + (f" (torch: {threads})" if FLAGS.against_torch else "") + "; "
         + ", ".join(f"{k} matmul peak {v:,.0f} GFLOP/s" for k, v in peaks.items()))
   print("\n| step | framework | median ms | images/s | GFLOP/s (XLA count) | of matmul peak | compile s |")

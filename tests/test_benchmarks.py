@@ -1,0 +1,31 @@
+"""The benchmark scripts' own logic (not their timings): the busy-machine note of benchmarks.steps, and the
+table benchmarks.xla_flags assembles from its runs."""
+
+from benchmarks import steps, xla_flags
+
+
+def test_load_note_says_when_another_job_shared_the_machine(monkeypatch):
+  monkeypatch.setattr(steps.os, "cpu_count", lambda: 2)
+  assert steps.load_note(0.1, 1.9).endswith("quiet")  # the benchmark alone raises it to ~the core count
+  assert "BUSY" in steps.load_note(2.6, 1.0) and "BUSY" in steps.load_note(0.2, 3.1)
+
+
+def test_xla_flags_table_ratios_and_failures(monkeypatch, capsys):
+  fake = {"": 0.40, "--fast": 0.20, "--broken": None}
+
+  def run_once(xla, out):
+    if fake[xla] is None:
+      return {"error": "error: unknown flag"}
+    return {"rows": [{"step": "dcgan", "median_s": fake[xla]}], "peaks_gflops": {"XLA": 200.0},
+            "load": "quiet" if xla else "BUSY: another job"}
+
+  monkeypatch.setattr(xla_flags, "run_once", run_once)
+  xla_flags.FLAGS(["xla_flags", "--flag_rounds=2", "--flag_steps=dcgan"] + [f"--flag_sets={s}" for s in fake])
+  try:
+    xla_flags.main(None)
+  finally:
+    xla_flags.FLAGS.unparse_flags()
+  lines = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")}
+  assert "| 400 | 1.00x | 200 | busy |" in lines["`(none)`"]
+  assert "| 200 | 2.00x | 200 | quiet |" in lines["`--fast`"]
+  assert "failed" in lines["`--broken`"] and "unknown flag" in lines["`--broken`"]
