@@ -18,7 +18,8 @@ def test_equals_kymatio(shape, J, max_order, channels):
   x = np.random.default_rng(J + channels).uniform(0, 1, (3, channels, *shape)).astype(np.float32)
   theirs = kymatio_numpy.ScatteringNumPy2D(J=J, shape=shape, max_order=max_order)(x)  # (n, c, K, h', w')
   theirs = theirs.reshape(3, -1, *theirs.shape[-2:]).transpose(0, 2, 3, 1)
-  ours = np.asarray(scattering.scattering2d(jnp.asarray(x.transpose(0, 2, 3, 1)), J=J, max_order=max_order))
+  transform = jax.jit(scattering.scattering2d, static_argnames=("J", "max_order"))
+  ours = np.asarray(transform(jnp.asarray(x.transpose(0, 2, 3, 1)), J=J, max_order=max_order))
   assert ours.shape == theirs.shape == (3, shape[0] // 2**J, shape[1] // 2**J,
                                         channels * scattering.num_paths(J, max_order=max_order))
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-6 * np.abs(theirs).max())
@@ -40,13 +41,15 @@ def test_group_normalise_equals_torch_group_norm():
 def test_scatter_linear_features_are_per_example_and_precomputing_them_changes_nothing():
   model = scattering.ScatterLinear(num_classes=10)
   x = jax.random.normal(jax.random.key(0), (5, 28, 28, 1))
-  variables = model.init(jax.random.key(1), x[:1])
+  variables = jax.jit(model.init)(jax.random.key(1), x[:1])
   assert jax.tree.map(np.shape, variables) == {"params": {"fc": {"bias": (10,), "kernel": (3969, 10)}}}
-  logits = model.apply(variables, x)
-  features = model.fixed_features(x)
-  np.testing.assert_array_equal(model.clone(precomputed=True).apply(variables, features), logits)
+  apply = jax.jit(model.apply)
+  logits = apply(variables, x)
+  features = jax.jit(model.fixed_features)(x)
+  np.testing.assert_allclose(jax.jit(model.clone(precomputed=True).apply)(variables, features), logits,
+                             rtol=0, atol=1e-6)
   # Nothing mixes examples (a DP-SGD requirement): changing example 0 leaves the others' logits unchanged.
-  changed = model.apply(variables, x.at[0].multiply(-3.0))
+  changed = apply(variables, x.at[0].multiply(-3.0))
   np.testing.assert_allclose(changed[1:], logits[1:], rtol=0, atol=1e-6)
   assert not np.allclose(changed[0], logits[0])
 
@@ -56,11 +59,12 @@ def test_the_fixed_features_read_the_pixels_behind_the_normalisation():
   from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
   pixels = np.random.default_rng(1).uniform(0, 1, (2, 28, 28, 1)).astype(np.float32)
   normalised = (pixels - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
-  ours = scattering.ScatterLinear().fixed_features(jnp.asarray(normalised))
-  expected = scattering.group_normalise(scattering.scattering2d(jnp.asarray(pixels)), 27)
+  ours = jax.jit(scattering.ScatterLinear().fixed_features)(jnp.asarray(normalised))
+  expected = jax.jit(lambda p: scattering.group_normalise(scattering.scattering2d(p), 27))(jnp.asarray(pixels))
   np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_dp_run_precomputes_the_features_and_trains_the_head(tmp_path):
   """configs/private.py:scatternet on scikit-learn's real digits, a few steps: the features are computed once
   per image (the log says so), the run ends at its epsilon and the exported model holds only the head."""
