@@ -70,7 +70,7 @@ def main(_):
         f"`benchmarks.steps --rounds={FLAGS.steps_rounds}` (float32, batch 128)\n")
   header = "| XLA_FLAGS | " + " | ".join(f"{step} ms | {step} vs default" for step in FLAGS.flag_steps)
   print(header + " | XLA GEMM GFLOP/s | machine |")
-  print("|---" * (2 + 2 * len(FLAGS.flag_steps)) + "|")
+  print("|---" * (3 + 2 * len(FLAGS.flag_steps)) + "|")
   base = {step: statistics.median(times(sets[0], step)) if times(sets[0], step) else None for step in FLAGS.flag_steps}
   for s in sets:
     errors = [run["error"] for run in runs[s] if "error" in run]
