@@ -27,7 +27,6 @@ import sys
 if "--against-torch" in sys.argv or "--against_torch" in sys.argv:
   from benchmarks import torch_reference  # noqa: F401  (imports torch and torchvision)
 
-import json
 import os
 import statistics
 import time
@@ -145,9 +144,8 @@ def main(_):
 
   load = load_note(load_before, os.getloadavg()[0])
   if FLAGS.json_out:
-    with open(FLAGS.json_out, "w") as f:
-      json.dump({"rows": records, "peaks_gflops": peaks, "load": load, "cpu": reporting.cpu_model(),
-                 "xla_flags": os.environ.get("XLA_FLAGS", "")}, f, indent=2)
+    reporting.write_json(FLAGS.json_out, {"rows": records, "peaks_gflops": peaks, "load": load,
+                                          "cpu": reporting.cpu_model(), "xla_flags": os.environ.get("XLA_FLAGS", "")})
   print(f"\n{reporting.cpu_model()}; {load}")
   print(f"Batch {FLAGS.batch_size}, float32, {jax.device_count()} {jax.default_backend()} device(s), "
         f"{os.cpu_count()} CPU threads" + (f" (torch: {threads})" if FLAGS.against_torch else "") + "; "

@@ -71,7 +71,7 @@ def main(_):
   header = "| XLA_FLAGS | " + " | ".join(f"{step} ms | {step} vs default" for step in FLAGS.flag_steps)
   print(header + " | XLA GEMM GFLOP/s | machine |")
   print("|---" * (3 + 2 * len(FLAGS.flag_steps)) + "|")
-  base = {step: statistics.median(times(sets[0], step)) if times(sets[0], step) else None for step in FLAGS.flag_steps}
+  base = {step: statistics.median(t) if (t := times(sets[0], step)) else None for step in FLAGS.flag_steps}
   for s in sets:
     errors = [run["error"] for run in runs[s] if "error" in run]
     cells = []

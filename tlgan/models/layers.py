@@ -151,9 +151,17 @@ class GroupNorm(nn.Module):
                        f"divides every stage's width (model.norm_groups)")
     scale = self.param("scale", self.scale_init, (c,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    xf = x.astype(jnp.float32).reshape(*x.shape[:-1], groups, c // groups)
-    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # spatial positions and the channels of a group
-    mean = jnp.mean(xf, axes, keepdims=True)
-    var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
-    y = ((xf - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape) * scale + bias
+    y = group_standardise(x, groups, self.epsilon) * scale + bias
     return y.astype(self.dtype or x.dtype)
+
+
+def group_standardise(x, groups: int, epsilon: float = 1e-5):
+  """GroupNorm without its scale and bias, in float32: each example's groups of C/groups consecutive channels
+  (NHWC, `groups` dividing C) standardised over their values and positions (biased variance): one example's
+  statistics only."""
+  c = x.shape[-1]
+  xf = x.astype(jnp.float32).reshape(*x.shape[:-1], groups, c // groups)
+  axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)  # spatial positions and the channels of a group
+  mean = jnp.mean(xf, axes, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), axes, keepdims=True)
+  return ((xf - mean) * lax.rsqrt(var + epsilon)).reshape(x.shape)

@@ -18,12 +18,13 @@ Inputs are NHWC; the output is NHWC with (input channel, path) flattened channel
 """
 
 import functools
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from tlgan.models.layers import group_standardise
 from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -133,16 +134,11 @@ def scattering2d(x, J: int = 2, L: int = 8, max_order: int = 2):
 
 
 def group_normalise(x, groups: int, epsilon: float = 1e-5):
-  """torch.nn.GroupNorm(groups, C, affine=False) on NHWC: each example's groups of C/groups consecutive channels
-  standardised over their values (one example's statistics only, so it is DP-safe)."""
-  c = x.shape[-1]
-  if c % groups:
-    raise ValueError(f"{c} channels do not split into {groups} groups")
-  xg = x.reshape(*x.shape[:-1], groups, c // groups)
-  axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
-  mean = jnp.mean(xg, axes, keepdims=True)
-  var = jnp.mean(jnp.square(xg - mean), axes, keepdims=True)
-  return ((xg - mean) / jnp.sqrt(var + epsilon)).reshape(x.shape)
+  """torch.nn.GroupNorm(groups, C, affine=False) on NHWC (`layers.group_standardise`, the statistics of
+  tlgan's GroupNorm): one example's statistics only, so it is DP-safe."""
+  if x.shape[-1] % groups:
+    raise ValueError(f"{x.shape[-1]} channels do not split into {groups} groups")
+  return group_standardise(x, groups, epsilon)
 
 
 class ScatterLinear(nn.Module):
@@ -180,9 +176,3 @@ class ScatterLinear(nn.Module):
     # Flattened channel-major (C, H, W), as the PyTorch model flattens its NCHW features.
     s = jnp.moveaxis(s, -1, 1).reshape(s.shape[0], -1)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(s.astype(self.dtype)).astype(jnp.float32)
-
-
-def feature_shape(image_shape: Tuple[int, int, int], J: int = 2, L: int = 8) -> Tuple[int, int, int]:
-  """(H', W', channels) of the scattering of an (H, W, C) image."""
-  h, w, c = image_shape
-  return h // 2**J, w // 2**J, c * num_paths(J, L)

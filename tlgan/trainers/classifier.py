@@ -96,7 +96,8 @@ def fixed_features(model, images: np.ndarray, map_fn: Callable, name: str, chunk
   out, t0 = [], time.time()
   for i in range(0, len(images), chunk):
     stopping.check("computing fixed features")
-    x = map_fn({"image": images[i:i + chunk], "label": np.zeros(len(images[i:i + chunk]), np.int32)}, 0)["image"]
+    rows = images[i:i + chunk]
+    x = map_fn({"image": rows, "label": np.zeros(len(rows), np.int32)}, 0)["image"]
     out.append(np.asarray(fn(jnp.asarray(x))))
   features = np.concatenate(out)
   logging.info("fixed features of %s: %d images -> %s float32 (%.0f MB) in %.1f s", name, len(images),
