@@ -44,10 +44,18 @@ CONVT_CASES = [
 
 
 def _values_and_grads(fn, x, w):
-  # A non-linear read-out so that every output element gets a distinct cotangent.
+  # A non-linear read-out so that every output element gets a distinct cotangent. One jit per formulation:
+  # run op by op, each of the matmul path's slices and pads would be compiled on its own (~15 s per case).
   def loss(x, w):
-    return jnp.sum(jnp.sin(fn(x, w)) * jnp.arange(fn(x, w).size).reshape(fn(x, w).shape) / 100.0)
-  return fn(x, w), jax.grad(loss, argnums=(0, 1))(x, w)
+    y = fn(x, w)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / 100.0)
+  return jax.jit(lambda x, w: (fn(x, w), jax.grad(loss, argnums=(0, 1))(x, w)))(x, w)
+
+
+def _normal(seed, *shapes):
+  # NumPy's generator: jax.random would compile a threefry kernel per shape (~1 s each on 2 cores).
+  rng = np.random.default_rng(seed)
+  return [jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in shapes]
 
 
 def _compare(fast, ref, x, w):
@@ -55,13 +63,13 @@ def _compare(fast, ref, x, w):
   y_ref, (dx_ref, dw_ref) = _values_and_grads(ref, x, w)
   assert y_fast.shape == y_ref.shape
   for a, b in ((y_fast, y_ref), (dx_fast, dx_ref), (dw_fast, dw_ref)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,pad", CONV_CASES)
 def test_conv_matmul_equals_lax(x_shape, w_shape, stride, pad):
-  kx, kw = jax.random.split(jax.random.key(0))
-  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  x, w = _normal(0, x_shape, w_shape)
   ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
   _compare(lambda x, w: layers.conv2d(x, w, stride, pad, impl="matmul"), ref, x, w)
@@ -69,8 +77,7 @@ def test_conv_matmul_equals_lax(x_shape, w_shape, stride, pad):
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,pad", CONVT_CASES)
 def test_conv_transpose_matmul_equals_lax(x_shape, w_shape, stride, pad):
-  kx, kw = jax.random.split(jax.random.key(1))
-  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  x, w = _normal(1, x_shape, w_shape)
   # Reference: the transpose (VJP) of the strided convolution, which is what ConvTranspose2d computes.
   # The forward conv maps (N, Ho, Wo, Cout) -> (N, H, W, Cin) with the kernel's in/out roles swapped.
   n, h, wd, cin = x_shape

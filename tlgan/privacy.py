@@ -95,20 +95,55 @@ def _step_pld(dataset_size, q, max_batch, noise_multiplier):
 
 def calibrate_noise(target_epsilon: float, *, steps: int, dataset_size: int, expected_batch: float, max_batch: int,
                     delta: float) -> float:
-  """The smallest noise multiplier (to 0.1%) whose epsilon after `steps` steps is at most `target_epsilon`."""
+  """The smallest noise multiplier (to 0.1%) whose epsilon after `steps` steps is at most `target_epsilon`.
+
+  Each epsilon is a PLD composition (~1 s on a 2-core CPU), so the search interpolates instead of halving:
+  regula falsi on log epsilon against log sigma (nearly a straight line), Illinois variant, keeping a bracket
+  [low, high] with epsilon(low) > target >= epsilon(high) until it is 0.1% wide; ~6 compositions instead of
+  bisection's ~13. Remembered per argument set (a study calibrates the same setting for every arm and seed)."""
   if not target_epsilon > 0 or not math.isfinite(target_epsilon):
     raise ConfigError(f"dp.target_epsilon={target_epsilon} must be a finite number > 0")
+  return _calibrate(float(target_epsilon), int(steps), int(dataset_size), float(expected_batch), int(max_batch),
+                    float(delta))
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrate(target_epsilon, steps, dataset_size, expected_batch, max_batch, delta) -> float:
   params = dict(dataset_size=dataset_size, expected_batch=expected_batch, max_batch=max_batch, delta=delta)
-  eps = lambda sigma: DpSgd(noise_multiplier=sigma, **params).epsilon(steps)
-  low, high = 0.05, 1.0
-  while eps(high) > target_epsilon:  # epsilon falls as the noise grows
-    low, high = high, high * 2.0
+  # g(log sigma) = log epsilon - log target: positive below the answer, <= 0 at and above it
+  g = lambda sigma: math.log(DpSgd(noise_multiplier=sigma, **params).epsilon(steps)) - math.log(target_epsilon)
+  low, high = 1.0, 1.0
+  g_low = g_high = g(1.0)
+  while g_high > 0:  # epsilon falls as the noise grows: double until the target is met
+    low, g_low, high = high, g_high, high * 2.0
     if high > 1e4:
       raise ConfigError(f"no noise multiplier up to 1e4 reaches epsilon {target_epsilon} in {steps} steps: "
                         "train fewer steps, with a smaller batch, or allow a larger epsilon")
+    g_high = g(high)
+  while g_low <= 0:  # ... or halve until it is not
+    high, g_high, low = low, g_low, low / 2.0
+    if low < 1e-3:
+      return high
+    g_low = g(low)
+  side = 0
   while high - low > 1e-3 * high:
-    mid = 0.5 * (low + high)
-    low, high = (low, mid) if eps(mid) <= target_epsilon else (mid, high)
+    a, b = math.log(low), math.log(high)
+    x = b - g_high * (b - a) / (g_high - g_low) if math.isfinite(g_low) and g_high != g_low else 0.5 * (a + b)
+    # stay strictly inside, and never closer to an end than a tenth of the tolerance (no stalling)
+    margin = 1e-4 * (b - a) + 1e-4
+    x = min(max(x, a + min(margin, 0.5 * (b - a))), b - min(margin, 0.5 * (b - a)))
+    sigma = math.exp(x)
+    g_mid = g(sigma)
+    if g_mid > 0:
+      low, g_low = sigma, g_mid
+      if side == -1:
+        g_high *= 0.5  # Illinois: the end that stayed twice weighs half, so both ends move
+      side = -1
+    else:
+      high, g_high = sigma, g_mid
+      if side == 1:
+        g_low *= 0.5
+      side = 1
   return high
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from tlgan.errors import UserError
+from tlgan.models import initializers
 from tlgan.models.resnet import STAGES, BatchNorm
 from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
@@ -261,5 +262,5 @@ def initial_image(init: str, content: np.ndarray, seed: int) -> jax.Array:
   if init == "content":
     return jnp.asarray(content)[None]
   if init == "noise":
-    return jax.random.uniform(jax.random.key(seed), (1, *content.shape), jnp.float32)
+    return initializers.uniform(jax.random.key(seed), (1, *content.shape), jnp.float32)
   raise UserError(f"init must be content or noise, got {init!r}")

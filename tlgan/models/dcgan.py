@@ -12,16 +12,16 @@ The spatial plan comes from the image size: the image is halved while it stays e
 from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from tlgan.models import initializers
 from tlgan.models.layers import Conv, ConvTranspose, GroupNorm
 
-dcgan_init = nn.initializers.normal(0.02)
+dcgan_init = initializers.normal_init(0.02)
 
 
 def bn_scale_init(key, shape, dtype=jnp.float32):
-  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+  return 1.0 + 0.02 * initializers.normal(key, shape, dtype)
 
 
 def num_upsamplings(image_size: int) -> int:

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tlgan.models import initializers
+
 Pair = Tuple[int, int]
 IMPLS = ("auto", "xla", "matmul")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config names -> dtypes
@@ -112,7 +114,7 @@ class Conv(nn.Module):
   use_bias: bool = True
   impl: str = "auto"
   dtype: Any = None
-  kernel_init: Callable = nn.initializers.lecun_normal()
+  kernel_init: Callable = initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
   op = staticmethod(conv2d)
 

@@ -24,10 +24,10 @@ from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tlgan.models import initializers
 from tlgan.models.layers import Conv, GroupNorm
 
 STEMS = ("imagenet", "cifar")
@@ -38,7 +38,7 @@ NORMS = ("batch", "frozen_batch", "group")
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # outputs a caller can ask for (ResNet18/34/50)
 
 # torchvision's init: kaiming_normal_(mode='fan_out', nonlinearity='relu') for convolutions.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_init = initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class BatchNorm(nn.Module):
@@ -195,7 +195,7 @@ class ResNet(nn.Module):
       return feats
     # torchvision's Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
     bound = 1.0 / feats.shape[-1] ** 0.5
-    uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+    uniform = lambda key, shape, dtype=jnp.float32: initializers.uniform(key, shape, dtype, -bound, bound)
     return nn.Dense(self.num_classes, kernel_init=uniform, bias_init=uniform, name="fc")(feats)
 
   def features(self, x, train: bool = False):

@@ -27,6 +27,7 @@ import optax
 from flax import traverse_util
 
 from tlgan import param_groups
+from tlgan.models import initializers
 from tlgan.steps import classifier as clf
 
 NOISE_TAG = 0xD1F  # keeps the noise stream apart from other streams folded from the same rng
@@ -49,7 +50,7 @@ def gaussian_noise(rng, step, tree, std):
   key = jax.random.fold_in(jax.random.fold_in(rng, NOISE_TAG), step)
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([std * jax.random.normal(k, x.shape, jnp.float32).astype(x.dtype)
+  return treedef.unflatten([std * initializers.normal(k, x.shape, jnp.float32).astype(x.dtype)
                             for k, x in zip(keys, leaves)])
 
 
