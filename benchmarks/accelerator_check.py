@@ -41,6 +41,7 @@ from tlgan.models.dcgan import Discriminator, Generator
 from tlgan.models.resnet import ResNet18
 from tlgan.steps import classifier as clf
 from tlgan.steps import gan as gan_step
+from tlgan.models import initializers
 
 # The defaults of configs/gan.py and configs/transfer.py (ml_collections is not there to read them; a test
 # keeps these equal to the configs).
@@ -84,7 +85,7 @@ def jax_dcgan(batch: int, dtype) -> JaxStep:
   tx = lambda: optax.adam(c["lr"], b1=c["b1"], b2=c["b2"])
   state = gan_step.init_state(jax.random.key(0), g, d, tx(), tx(), image_shape=(28, 28, 1),
                               latent_dim=c["latent_dim"], loss=c["loss"])
-  images = jax.random.uniform(jax.random.key(1), (batch, 28, 28, 1), jnp.float32, -1, 1)
+  images = initializers.uniform(jax.random.key(1), (batch, 28, 28, 1), jnp.float32, -1, 1)
   return JaxStep("DCGAN 28x28", gan_step.train_step, state, {"image": images})
 
 
@@ -95,7 +96,7 @@ def jax_resnet18(batch: int, dtype) -> JaxStep:
                           weight_decay=c["weight_decay"], total_steps=10**6)
   shape = (c["image_size"], c["image_size"], 3)
   state = clf.init_state(jax.random.key(0), model, tx, image_shape=shape, num_classes=c["num_classes"])
-  batch_ = {"image": jax.random.normal(jax.random.key(1), (batch, *shape), jnp.float32),
+  batch_ = {"image": initializers.normal(jax.random.key(1), (batch, *shape), jnp.float32),
             "label": jax.random.randint(jax.random.key(2), (batch,), 0, c["num_classes"])}
   return JaxStep("ResNet18 32x32", clf.train_step, state, batch_)
 

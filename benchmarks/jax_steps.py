@@ -5,6 +5,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from tlgan.models import initializers
 
 
 class JaxStep:
@@ -52,7 +53,7 @@ def jax_dcgan(batch_size: int, conv_impl: str) -> JaxStep:
   config.model.conv_impl = conv_impl
   config.ema_decay = 0.0  # the reference has no EMA
   state = build_state(config, (28, 28, 1))
-  images = jax.random.uniform(jax.random.key(1), (batch_size, 28, 28, 1), jnp.float32, -1, 1)
+  images = initializers.uniform(jax.random.key(1), (batch_size, 28, 28, 1), jnp.float32, -1, 1)
   return JaxStep("DCGAN 28x28 (D + G update, Adam)", gan_step.train_step, state, {"image": images})
 
 
@@ -66,7 +67,7 @@ def jax_resnet18(batch_size: int, conv_impl: str) -> JaxStep:
   config.optim.learning_rate = 0.1
   config.optim.warmup_epochs = 0.0
   state, _ = build_state(config, num_classes=10, total_steps=10**6, epoch_steps=1, log=False)
-  batch = {"image": jax.random.normal(jax.random.key(1), (batch_size, 32, 32, 3), jnp.float32),
+  batch = {"image": initializers.normal(jax.random.key(1), (batch_size, 32, 32, 3), jnp.float32),
            "label": jax.random.randint(jax.random.key(2), (batch_size,), 0, 10)}
   return JaxStep("ResNet18 32x32 (SGD momentum, wd)", clf.train_step, state, batch)
 
@@ -85,7 +86,7 @@ def _gn_resnet18_state(conv_impl: str):
 
 
 def _resnet_batch(batch_size: int):
-  return {"image": jax.random.normal(jax.random.key(1), (batch_size, 32, 32, 3), jnp.float32),
+  return {"image": initializers.normal(jax.random.key(1), (batch_size, 32, 32, 3), jnp.float32),
           "label": jax.random.randint(jax.random.key(2), (batch_size,), 0, 10)}
 
 
@@ -128,6 +129,6 @@ def jax_projected_gan(batch_size: int, conv_impl: str) -> JaxStep:
     config.ema_decay = 0.0
     config.eval.enabled = False
     state = build_state(config, (28, 28, 1))
-  images = jax.random.uniform(jax.random.key(1), (batch_size, 28, 28, 1), jnp.float32, -1, 1)
+  images = initializers.uniform(jax.random.key(1), (batch_size, 28, 28, 1), jnp.float32, -1, 1)
   return JaxStep("DCGAN G + projected D (frozen ResNet18 to layer3)", gan_step.train_step, state,
                  {"image": images})

@@ -3,16 +3,18 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as experiments/main.py: no Keras import (2 s per process)
 
 # One JAX compilation cache for the whole test session, shared by the pytest workers and every process a test
 # starts (the CLI tests compile the same steps dozens of times: 8 s each on 2 cores, 0.3 s from the cache). It is
 # keyed by the program, JAX's version and XLA_FLAGS, so a cached executable is the one a compile would give; a
-# fresh folder per session (removed at its end) keeps machines and sessions apart.
+# fresh folder per session (removed at its end) keeps machines and sessions apart. Every compile is kept, even the
+# 0.1-0.4 s ones of small eager operations, which each CLI process would otherwise repeat (2.4 s per run).
 import tempfile  # noqa: E402
 
 _CACHE = os.path.join(tempfile.gettempdir(), f"tlgan-test-jax-cache-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # torchvision (0.29.1) segfaults when it is imported after TensorFlow (2.21) in one process, while the other
 # order works: the test oracles import torch and torchvision first, whenever they are installed.

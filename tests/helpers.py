@@ -123,11 +123,12 @@ def kill_then_finish(workdir, args, num_steps, seed=0, kills=1):
 # ------------------------------------------------------------------------------- the interrupted GAN run
 
 # The run that the reliability tests interrupt, damage and compare with (real offline Fashion-MNIST, the
-# smoke-sized model): ~400 steps/s, so it lasts long enough to be hit mid-way. The first 6,000 training images
-# (4 epochs in 3,000 steps): decoding all 60,000 cost each of these ~30 processes 3 more CPU-seconds.
-STEPS, EVERY = 3000, 250
+# smoke-sized model): 200-400 steps/s on 2 cores, so it lasts long enough (4-8 s) to be hit mid-way, with a
+# checkpoint every ~0.5 s. The first 6,000 training images (2 epochs in 1,500 steps): decoding all 60,000 cost
+# each of these ~30 processes 3 more CPU-seconds.
+STEPS, EVERY = 1500, 125
 GAN = ["--config=configs/gan.py:smoke", f"--config.num_steps={STEPS}", f"--config.checkpoint_every={EVERY}",
-       "--config.log_every=250", "--config.sample_every=100000", "--config.eval.enabled=false",
+       "--config.log_every=125", "--config.sample_every=100000", "--config.eval.enabled=false",
        "--config.data.split=train[:6000]"]
 
 

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.helpers import GAN, checkpoint_steps, damage, reference_run, run_cli, tree_hash
+from tests.helpers import EVERY, GAN, STEPS, checkpoint_steps, damage, reference_run, run_cli, tree_hash
 
 pytestmark = pytest.mark.slow  # every row is a real CLI process
 
@@ -108,18 +108,19 @@ BAD_INPUT = [
     ("empty workdir", "main", GAN + ["--workdir="], "error: --workdir is empty"),
     ("unwritable workdir", "main", GAN + ["--workdir=/proc/tlgan-run"], "error: workdir /proc/tlgan-run is not writable"),
     ("checkpoint of another experiment", "main", CLF + ["--workdir={d}/gan_run"],
-     "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints has experiment='gan', this run has 'classifier'"),
+     f"error: workdir checkpoint {STEPS} in " "{d}/gan_run/checkpoints has experiment='gan', this run has 'classifier'"),
     ("resume with another batch size", "main", GAN + ["--workdir={d}/gan_run", "--config.batch_size=16"],
-     "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints was trained with batch_size=8 (now 16): resuming "
+     f"error: workdir checkpoint {STEPS} in " "{d}/gan_run/checkpoints was trained with batch_size=8 (now 16): resuming "
      "with other values changes the run's trajectory"),
     ("resume with another seed and loss", "main", GAN + ["--workdir={d}/gan_run", "--config.seed=1",
                                                           "--config.loss=hinge"],
-     "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints was trained with loss='nonsaturating' (now "
+     f"error: workdir checkpoint {STEPS} in " "{d}/gan_run/checkpoints was trained with loss='nonsaturating' (now "
      "'hinge'), seed=0 (now 1)"),
     ("checkpoint with other shapes", "main", GAN + ["--workdir={d}/gan_run", "--config.model.g_features=16"],
-     "error: workdir checkpoint 3000 in {d}/gan_run/checkpoints does not fit this config"),
+     f"error: workdir checkpoint {STEPS} in " "{d}/gan_run/checkpoints does not fit this config"),
     ("corrupt checkpoints, no good one", "main", GAN + ["--workdir={d}/all_damaged"],
-     "error: no loadable checkpoint in {d}/all_damaged/checkpoints (steps [2500, 2750, 3000] are all damaged)"),
+     "error: no loadable checkpoint in {d}/all_damaged/checkpoints "
+     f"(steps {[STEPS - 2 * EVERY, STEPS - EVERY, STEPS]} are all damaged)"),
     ("init weights missing", "main", CLF + ["--config.init.weights={d}/none.msgpack"],
      "error: pretrained weights {d}/none.msgpack do not exist"),
     ("init weights not a weights file", "main", CLF + ["--config.init.weights={d}/text.msgpack"],

@@ -15,6 +15,7 @@ from tlgan import pretrained
 from tlgan.models.resnet import ResNet
 from tlgan.steps import classifier as clf
 from tlgan.steps.classifier import eval_step, train_step
+from tlgan.models import initializers
 
 SHAPE = (16, 16, 3)
 MODEL = ResNet(stage_sizes=(1, 1), width=8, num_classes=5)
@@ -29,7 +30,7 @@ def make_state(mode="full", factor=1.0, optimizer="sgd", weight_decay=0.0, momen
 
 def batch(n=8, seed=0):
   k1, k2 = jax.random.split(jax.random.key(seed))
-  return {"image": jax.random.normal(k1, (n, *SHAPE)), "label": jax.random.randint(k2, (n,), 0, 5)}
+  return {"image": initializers.normal(k1, (n, *SHAPE)), "label": jax.random.randint(k2, (n,), 0, 5)}
 
 
 def _changed(a, b):
@@ -198,7 +199,7 @@ def test_finetune_from_exported_weights(pretrain_run, tmp_path):
 @pytest.mark.slow
 def test_resnet_options_dtype_and_zero_init_residual():
   from tlgan.models import ResNet18
-  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  x = initializers.normal(jax.random.key(0), (2, 32, 32, 3))
   model = ResNet18(num_classes=4, width=8, zero_init_residual=True)
   variables = model.init(jax.random.key(1), x)
   # torchvision's zero_init_residual: the last BatchNorm of every block starts at scale 0.

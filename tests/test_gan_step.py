@@ -9,6 +9,7 @@ import pytest
 from tlgan.models.dcgan import Discriminator, Generator
 from tlgan.steps import gan
 from tlgan.steps.gan import train_step  # the import research code uses
+from tlgan.models import initializers
 
 SHAPE = (28, 28, 1)
 step_fn = jax.jit(train_step)
@@ -26,7 +27,7 @@ def make_state(loss="nonsaturating", ema_decay=0.9, seed=0):
 
 
 def batch(seed=0):
-  return {"image": jax.random.uniform(jax.random.key(seed), (8, *SHAPE), minval=-1, maxval=1)}
+  return {"image": initializers.uniform(jax.random.key(seed), (8, *SHAPE), minval=-1, maxval=1)}
 
 
 def _leaves_equal(a, b):

@@ -13,6 +13,7 @@ from tlgan.models.projected import ProjectedDiscriminator
 from tlgan.preprocessing import classifier_map_fn
 from tlgan.steps import gan as gan_step
 from tlgan.trainers import gan as gan_trainer
+from tlgan.models import initializers
 
 STAGES = ("layer1", "layer2", "layer3")
 
@@ -37,7 +38,7 @@ def projected_config(trunk_path, **overrides):
 
 def test_resnet_stages_equal_its_sown_activations():
   model = pretrained.model_for("resnet18", 10, width=8)
-  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  x = initializers.normal(jax.random.key(0), (2, 32, 32, 3))
   variables = model.init(jax.random.key(1), x, train=False)
   _, sown = model.apply(variables, x, train=False, mutable=["intermediates"])
   out = model.apply(variables, x, train=False, stages=("stem", "layer2"))
@@ -75,7 +76,7 @@ def test_trunk_is_the_weights_file_and_stays_frozen_while_heads_and_g_learn(tmp_
   for name in STAGES:
     np.testing.assert_allclose(trunk_sown[name][0], expected[name], rtol=1e-5, atol=1e-5)
 
-  batch = {"image": jax.random.uniform(jax.random.key(3), (8, 28, 28, 1), minval=-1.0, maxval=1.0)}
+  batch = {"image": initializers.uniform(jax.random.key(3), (8, 28, 28, 1), minval=-1.0, maxval=1.0)}
   step = jax.jit(gan_step.train_step)
   new, metrics = step(state, batch, jax.random.key(4))
   new, metrics = step(new, batch, jax.random.key(4))

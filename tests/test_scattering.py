@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tlgan.models import scattering
+from tlgan.models import initializers
 
 kymatio_numpy = pytest.importorskip("kymatio.scattering2d.frontend.numpy_frontend")
 
@@ -40,7 +41,7 @@ def test_group_normalise_equals_torch_group_norm():
 
 def test_scatter_linear_features_are_per_example_and_precomputing_them_changes_nothing():
   model = scattering.ScatterLinear(num_classes=10)
-  x = jax.random.normal(jax.random.key(0), (5, 28, 28, 1))
+  x = initializers.normal(jax.random.key(0), (5, 28, 28, 1))
   variables = jax.jit(model.init)(jax.random.key(1), x[:1])
   assert jax.tree.map(np.shape, variables) == {"params": {"fc": {"bias": (10,), "kernel": (3969, 10)}}}
   apply = jax.jit(model.apply)

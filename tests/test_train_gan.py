@@ -13,6 +13,7 @@ from tests.helpers import smoke_gan, train_gan, tree_hash
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
 from tlgan.trainers import gan as gan_trainer
+from tlgan.models import initializers
 
 pytestmark = pytest.mark.slow  # end-to-end GAN runs
 
@@ -144,7 +145,7 @@ def test_freeze_d_keeps_the_lowest_blocks_fixed():
   labels = param_groups.labels(state.d_params, [(name, "frozen") for name in d_block_layers(1)], "train")
   assert labels["Conv_0"] == {"kernel": "frozen", "bias": "frozen"} and labels["Conv_1"]["kernel"] == "train"
   from tlgan.steps.gan import train_step
-  batch = {"image": jax.random.uniform(jax.random.key(0), (8, 28, 28, 1), minval=-1, maxval=1)}
+  batch = {"image": initializers.uniform(jax.random.key(0), (8, 28, 28, 1), minval=-1, maxval=1)}
   new, _ = jax.jit(train_step)(state, batch, jax.random.key(1))
   for name, sub in state.d_params.items():
     for a, b in zip(jax.tree.leaves(sub), jax.tree.leaves(new.d_params[name])):

@@ -73,10 +73,16 @@ def index_shuffle(index, key, max_index: int, rounds: int = 4) -> np.ndarray:
     return np.zeros_like(index)
   w = _block_bits(max_index) // 2
   keys = _round_keys([int(k) % 2**32 for k in key], rounds, w)
-  out = _encrypt(index.astype(np.uint64), keys, w)
+  encrypt = lambda x: _encrypt(x, keys, w)
+  if (1 << 2 * w) > 16 * (max_index + 1):
+    # A range much smaller than the 16-bit minimum block (max_index 1 walks ~32,768 times on average): encrypt
+    # the whole block once, and walk by table look-ups.
+    table = _encrypt(np.arange(1 << 2 * w, dtype=np.uint64), keys, w)
+    encrypt = lambda x: table[x]
+  out = encrypt(index.astype(np.uint64))
   outside = out > np.uint64(max_index)
-  while outside.any():  # cycle walking: at most a few times per index (the block is < 4x the range)
-    out[outside] = _encrypt(out[outside], keys, w)
+  while outside.any():  # cycle walking: a few times per index when the block is < 4x the range
+    out[outside] = encrypt(out[outside])
     outside = out > np.uint64(max_index)
   return out.astype(np.int64)
 

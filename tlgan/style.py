@@ -156,10 +156,11 @@ def relative_sq_error(a: jax.Array, target: jax.Array) -> jax.Array:
 
 def resnet_features(model, variables) -> Callable[[jax.Array], Dict[str, jax.Array]]:
   """x in [0, 1] (N, H, W, 3) -> {stage: activation} of a tlgan ResNet in inference mode."""
-  def fn(x):
+  @jax.jit  # one program (called eagerly, the network would be compiled operation by operation: ~0.1 s each)
+  def apply(variables, x):
     _, state = model.apply(variables, normalize(x), train=False, mutable=["intermediates"])
     return {k: v[0] for k, v in state["intermediates"].items()}
-  return fn
+  return lambda x: apply(variables, x)
 
 
 def per_channel(features: Callable) -> Callable:
@@ -176,8 +177,9 @@ def per_channel(features: Callable) -> Callable:
 def calibrate_batch_stats(model, variables, images: Sequence[np.ndarray]):
   """BatchNorm running statistics := the statistics of `images` (averaged over them), for random weights."""
   per_image = []
+  apply = jax.jit(lambda v, x: model.apply(v, normalize(x), train=True, mutable=["batch_stats"])[1])
   for image in images:
-    _, new = model.apply(variables, normalize(jnp.asarray(image)[None]), train=True, mutable=["batch_stats"])
+    new = apply(variables, jnp.asarray(image)[None])
     # the module blends momentum * old + (1 - momentum) * batch; recover the batch's own statistics
     m = BatchNorm.momentum
     per_image.append(jax.tree.map(lambda new_v, old_v: (new_v - m * old_v) / (1 - m),

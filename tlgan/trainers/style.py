@@ -68,7 +68,7 @@ def feature_network(config, content: np.ndarray, style_image: np.ndarray):
     features = style.per_channel(style.resnet_features(model, jax.tree.map(jnp.asarray, variables)))
     return features, f"{meta.name} per colour channel ({path})", choice
   model = pretrained.model_for("resnet18", 1000)
-  fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
+  fresh = jax.jit(lambda key: model.init(key, jnp.zeros((1, 64, 64, 3)), train=False))(jax.random.key(config.seed))
   variables = style.calibrate_batch_stats(model, fresh, [content, style_image])
   return style.resnet_features(model, variables), f"resnet18 (random weights, seed {config.seed})", choice
 
@@ -92,7 +92,8 @@ def optimise(config, features, sizes, smoothing: str, writer, tag: str):
   tx = style.make_optimizer(config.optimizer, config.learning_rate)
   final_content, final_loss = losses[-1]
   # The reduction is measured on the final size: the initial image there vs the result.
-  first = {k: float(v) for k, v in final_loss(style.initial_image(config.init, final_content, config.seed))[1].items()}
+  first = {k: float(v) for k, v in
+           jax.jit(lambda x: final_loss(x)[1])(style.initial_image(config.init, final_content, config.seed)).items()}
   history = [{"step": 0, "size": sizes[-1], **first}]
   t0 = time.perf_counter()
   x = None
