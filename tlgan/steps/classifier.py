@@ -115,7 +115,8 @@ def init_state(rng, model: nn.Module, tx: optax.GradientTransformation, *, image
   """A state from fresh variables (or given ones, e.g. merged pretrained weights) and an optimiser (e.g.
   `make_optimizer`'s)."""
   if variables is None:
-    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    # one compiled program: op by op, each initialiser and layer would be compiled on its own
+    variables = jax.jit(lambda rng: model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False))(rng)
   params = variables["params"]
   return ClassifierState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                          opt_state=tx.init(params), model=model, tx=tx, num_classes=num_classes,
