@@ -201,14 +201,14 @@ def test_resnet_options_dtype_and_zero_init_residual():
   from tlgan.models import ResNet18
   x = initializers.normal(jax.random.key(0), (2, 32, 32, 3))
   model = ResNet18(num_classes=4, width=8, zero_init_residual=True)
-  variables = model.init(jax.random.key(1), x)
+  variables = jax.jit(model.init)(jax.random.key(1), x)  # jitted: one compile, not one per operation
   # torchvision's zero_init_residual: the last BatchNorm of every block starts at scale 0.
   for name, block in variables["params"].items():
     if name.startswith("layer"):
       assert not np.any(np.asarray(block["bn2"]["scale"])) and np.all(np.asarray(block["bn1"]["scale"]) == 1)
-  logits32 = ResNet18(num_classes=4, width=8).apply(variables, x)
-  logits16 = ResNet18(num_classes=4, width=8, dtype=jnp.bfloat16).apply(variables, x)
+  logits32 = jax.jit(ResNet18(num_classes=4, width=8).apply)(variables, x)
+  logits16 = jax.jit(ResNet18(num_classes=4, width=8, dtype=jnp.bfloat16).apply)(variables, x)
   assert variables["params"]["conv1"]["kernel"].dtype == jnp.float32  # parameters stay float32
   np.testing.assert_allclose(np.asarray(logits16, np.float32), np.asarray(logits32), rtol=0.1, atol=0.05)
-  features = ResNet18(num_classes=4, width=8).apply(variables, x, method="features")
+  features = jax.jit(lambda v, x: ResNet18(num_classes=4, width=8).apply(v, x, method="features"))(variables, x)
   assert features.shape == (2, 64)

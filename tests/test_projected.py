@@ -21,7 +21,7 @@ STAGES = ("layer1", "layer2", "layer3")
 def make_trunk(path, width=8, seed=0):
   """A tiny ResNet18 'classifier' weights file with non-trivial BatchNorm statistics."""
   model = pretrained.model_for("resnet18", 10, width=width)
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)), train=False)
+  variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, 32, 32, 3)), train=False))(jax.random.key(seed))
   keys = iter(jax.random.split(jax.random.key(seed + 1), 1000))
   stats = jax.tree.map(lambda v: v + 0.5 * jax.random.uniform(next(keys), v.shape), variables["batch_stats"])
   variables = {**variables, "batch_stats": stats}

@@ -1,5 +1,6 @@
 """tlgan's ResNet equals torchvision's (the oracle), and the converter refuses what does not fit."""
 
+import functools
 import os
 import pickle
 
@@ -35,6 +36,11 @@ def _inputs(size, n=2, seed=None):
   return x, jnp.asarray(x.transpose(0, 2, 3, 1))
 
 
+def _apply(model, variables, x, **kwargs):
+  """model.apply as one compiled program (eagerly, a ResNet is ~100 separately compiled operations)."""
+  return jax.jit(functools.partial(model.apply, **kwargs))(variables, x)
+
+
 @pytest.mark.parametrize("size,impl", [(224, "auto"), (225, "auto"), (64, "auto"), (33, "auto"),
                                        (64, "xla"), (33, "xla"), (33, "matmul")])
 def test_eval_logits_and_features_equal_torchvision(torch_resnet18, converted18, size, impl):
@@ -44,8 +50,8 @@ def test_eval_logits_and_features_equal_torchvision(torch_resnet18, converted18,
     ref_logits = torch_resnet18(torch.from_numpy(x_torch)).numpy()
     trunk = torch.nn.Sequential(*list(torch_resnet18.children())[:-1])
     ref_features = trunk(torch.from_numpy(x_torch)).flatten(1).numpy()
-  logits = model.apply(converted18, x, train=False)
-  features = model.apply(converted18, x, method=model.features)
+  logits = _apply(model, converted18, x, train=False)
+  features = _apply(model, converted18, x, method=model.features)
   assert np.abs(np.asarray(logits) - ref_logits).max() <= 1e-4
   assert np.abs(np.asarray(features) - ref_features).max() <= 1e-4
 
@@ -58,7 +64,7 @@ def test_train_mode_outputs_and_running_statistics(converted18):
   with torch.no_grad():
     ref = tm(torch.from_numpy(x_torch)).numpy()
   model = ResNet18(num_classes=1000)
-  out, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  out, updated = _apply(model, variables, x, train=True, mutable=["batch_stats"])
   assert np.abs(np.asarray(out) - ref).max() <= 1e-4
   # torch updates running_var with the unbiased batch variance; tlgan's BatchNorm does the same.
   after = pretrained.from_torchvision(tm.state_dict(), "resnet18")["batch_stats"]
@@ -82,7 +88,7 @@ def test_groupnorm_resnet_equals_torchvision_with_groupnorm_in_train_and_eval_mo
     with torch.no_grad():
       ref = mode(torch.from_numpy(x_torch)).numpy()
     for train in (True, False):
-      out = model.apply(variables, x, train=train)
+      out = _apply(model, variables, x, train=train)
       assert np.abs(np.asarray(out) - ref).max() <= 1e-4
 
 

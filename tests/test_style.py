@@ -73,7 +73,7 @@ def images():
 def test_style_loss_falls_by_a_large_factor(images, smoothing):
   content, style_image = images
   model = ResNet18(num_classes=10, width=16)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
+  variables = jax.jit(lambda key: model.init(key, jnp.zeros((1, 48, 48, 3))))(jax.random.key(0))
   variables = style.calibrate_batch_stats(model, variables, [content, style_image])
   loss = style.make_loss(style.resnet_features(model, variables), content, style_image,
                          content_layers=("layer2",), style_layers=("stem", "layer1", "layer2"),
@@ -81,7 +81,7 @@ def test_style_loss_falls_by_a_large_factor(images, smoothing):
   tx = style.make_optimizer("lbfgs", 0.0)
   step = style.make_step(loss, tx)
   x = style.initial_image("content", content, 0)
-  before = float(loss(x)[1]["style"])
+  before = float(jax.jit(loss)(x)[1]["style"])
   state = tx.init(x)
   for _ in range(40):
     x, state, _, parts = step(x, state)
