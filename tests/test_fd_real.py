@@ -31,7 +31,7 @@ def test_fd_floor_and_monotonic_degradation(domain_net):
   train, labels = data.load_split("fashion_mnist", "train", **kw)
   test, _ = data.load_split("fashion_mnist", "test", **kw)
   rng = np.random.default_rng(0)
-  n = 2000
+  n = 1000  # FD floor 0.56 < 0.61 (blur 0.5) < 5.6 < 61; noise 2.0 < 22 < 72 (Intel Xeon, 2026-11-30)
   half = train[labels < 5][:n]  # only 5 of the 10 classes: mode dropping
   train = train[rng.choice(len(train), n, replace=False)]
   real = net(test[:n])[0]
@@ -56,6 +56,6 @@ def test_fd_floor_and_monotonic_degradation(domain_net):
   prdc = lambda f: evaluation.precision_recall_density_coverage(real, f, k=3)
   same, blur, dropped = prdc(train_f), prdc(blurred_f[-1]), prdc(features(half))
   assert min(same["precision"], same["recall"], same["coverage"]) > 0.8, same
-  assert blur["precision"] < 0.7 * same["precision"], (blur, same)  # 0.58 vs 0.90 (AMD EPYC, 2026-11-29)
+  assert blur["precision"] < 0.7 * same["precision"], (blur, same)  # 0.48 vs 0.90 (Intel Xeon, 2026-11-30)
   assert dropped["precision"] > 0.95 * same["precision"], (dropped, same)
   assert dropped["recall"] < 0.8 * same["recall"] and dropped["coverage"] < 0.7 * same["coverage"], (dropped, same)
