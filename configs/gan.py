@@ -57,6 +57,7 @@ def get_config(arg=None):
   config.loss = "nonsaturating"  # or 'hinge'
 
   config.dp = privacy.dp_section()  # a private D (variant 'private'): off here
+  config.dp.clip_fake = False  # private D: clip the (public) fake term's per-example gradients to dp.clip_norm too
 
   config.parallel = ml_collections.ConfigDict()
   config.parallel.mode = "jit"  # or 'pmap' (explicit per-device collectives); both follow one trajectory

@@ -284,6 +284,38 @@ def test_private_gan_step_clips_the_real_rows_only_ignores_padding_and_refuses_b
                              clip_norm=1.0, noise_multiplier=1.0, expected_batch=4.0)
 
 
+def test_private_gan_step_clip_fake_clips_each_fake_rows_gradient_as_an_explicit_loop_does():
+  """clip_fake: D's fake term is the mean over fakes of per-example gradients clipped to C (C between the
+  smallest and largest norm: some rows clipped, some not), no noise; with C huge it is the exact term."""
+  from tlgan.losses import D_TERMS
+  from tlgan.steps import gan as gan_step
+  from tlgan.steps import private_gan
+  state = _gan_state()
+  images = jnp.asarray(np.random.default_rng(7).uniform(-1, 1, (6, 28, 28, 1)).astype(np.float32))
+  rng, no_real = jax.random.key(4), jnp.zeros(6, bool)  # no real rows: D's update is the fake term alone
+  fake, _, _ = gan_step.generate_with_vjp(state, gan_step.latents(state, rng, 6, None))
+  fake_term = D_TERMS[state.loss][1]
+  row_grad = jax.jit(jax.vmap(jax.grad(lambda p, x: fake_term(state.discriminator.apply(
+      {"params": p}, x[None], train=True))[0]), in_axes=(None, 0)))
+  grads = row_grad(state.d_params, fake)
+  norms = np.sqrt(sum(np.sum(np.reshape(g, (6, -1)).astype(np.float64) ** 2, axis=1) for g in jax.tree.leaves(grads)))
+  clip = float(np.median(norms))
+  assert (norms > clip).any() and (norms < clip).any()
+  scale = np.minimum(1.0, clip / norms)
+  step = jax.jit(functools.partial(private_gan.train_step, noise_multiplier=0.0, expected_batch=4.0, clip_fake=True),
+                 static_argnames="clip_norm")
+  for c, factors in ((clip, scale), (1e9, np.ones(6))):
+    new, metrics = step(state, {"image": images, "mask": no_real}, rng, clip_norm=c)
+    expected = jax.tree.map(lambda p, g: p - 0.1 * np.tensordot(factors, np.asarray(g, np.float64), 1) / 6,
+                            state.d_params, grads)
+    for a, b in zip(jax.tree.leaves(new.d_params), jax.tree.leaves(expected), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  exact, _ = jax.jit(functools.partial(private_gan.train_step, clip_norm=1e9, noise_multiplier=0.0,
+                                       expected_batch=4.0))(state, {"image": images, "mask": no_real}, rng)
+  for a, b in zip(jax.tree.leaves(new.d_params), jax.tree.leaves(exact.d_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
   """In process (the CLI's one-line form of the same errors is in tests/test_bad_input.py)."""
   from configs import private as private_config

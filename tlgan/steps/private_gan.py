@@ -34,7 +34,8 @@ FROZEN = TRUNK  # the parameters of D that never learn (a projected D's pretrain
 
 def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axis_name: Optional[str] = None, *,
                clip_norm: float, noise_multiplier: float, expected_batch: float,
-               microbatch_size: Optional[int] = None) -> Tuple[GANState, Dict[str, jax.Array]]:
+               microbatch_size: Optional[int] = None, clip_fake: bool = False
+               ) -> Tuple[GANState, Dict[str, jax.Array]]:
   """One private D update on a padded Poisson batch of real images (`batch['mask']`), then one G update.
 
   Args:
@@ -43,6 +44,9 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
     rng: the run's key: latents and noise of step s come from (rng, s).
     axis_name: under pmap, the device axis.
     clip_norm, noise_multiplier, expected_batch, microbatch_size: as `tlgan.steps.private.train_step`.
+    clip_fake: also clip the fake term's per-example gradients to `clip_norm` (no noise: they are public), so
+      that both halves of D's gradient have the same scale; without it the exact fake term can outweigh the
+      clipped real one, and D learns to call everything fake.
   """
   discriminator = state.discriminator
   if getattr(discriminator, "norm", "batch") == "batch":
@@ -71,8 +75,15 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
   private_grads = jax.tree.map(lambda g, e: (g + e) / expected_batch, real_sum, noise)
 
   # the public part: the fakes' term, exact (post-processing of private D and G)
-  fake_loss, fake_grads = jax.value_and_grad(
-      lambda d_params: jnp.mean(fake_term(d_logits(d_params, jax.lax.stop_gradient(fake)))))(learning)
+  if clip_fake:
+    fake_losses_fn = lambda d_params, images: (lambda logits: (fake_term(logits), logits))(d_logits(d_params, images))
+    fake_sum, fake_losses, _, _ = reweighted_clipped_sum(
+        fake_losses_fn, learning, jax.lax.stop_gradient(fake), jnp.ones(fake.shape[0], bool), clip_norm=clip_norm,
+        microbatch_size=microbatch_size)
+    fake_loss, fake_grads = jnp.mean(fake_losses), jax.tree.map(lambda g: g / fake.shape[0], fake_sum)
+  else:
+    fake_loss, fake_grads = jax.value_and_grad(
+        lambda d_params: jnp.mean(fake_term(d_logits(d_params, jax.lax.stop_gradient(fake)))))(learning)
   if axis_name is not None:
     fake_grads, fake_loss = jax.lax.pmean((fake_grads, fake_loss), axis_name)
   d_grads = {**jax.tree.map(jnp.add, private_grads, fake_grads), **jax.tree.map(jnp.zeros_like, trunk)}

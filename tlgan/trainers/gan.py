@@ -294,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if dp_run:
     step_fn = functools.partial(private_gan.train_step, clip_norm=dp_plan.clip_norm,
                                 noise_multiplier=dp_plan.dp.noise_multiplier, expected_batch=dp_plan.dp.expected_batch,
-                                microbatch_size=dp_plan.microbatch)
+                                microbatch_size=dp_plan.microbatch, clip_fake=config.dp.clip_fake)
     hooks.append((config.log_every, private.epsilon_hook(dp_plan)))
   result = loop.run(
       state=state, step_fn=step_fn, batches=map(to_device, batches), rng=rng, par=par,
