@@ -65,6 +65,7 @@ def get_config(arg=None):
   config.num_steps = 3000
   config.g_lr = 2e-4
   config.d_lr = 2e-4
+  config.d_steps = 1  # D steps per G step (private D only): num_steps counts D steps
   config.b1 = 0.5
   config.b2 = 0.999
   config.ema_decay = 0.999  # EMA of G's weights for samples and evaluation; 0 disables

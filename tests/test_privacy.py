@@ -316,6 +316,28 @@ def test_private_gan_step_clip_fake_clips_each_fake_rows_gradient_as_an_explicit
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_private_gan_step_d_steps_moves_g_only_every_d_steps_th_step():
+  """d_steps=2: step 0 updates D exactly as d_steps=1 does and leaves G, its optimiser, EMA and BatchNorm
+  statistics as they were; step 1 moves G."""
+  from tlgan.steps import private_gan
+  state = _gan_state()
+  images = jnp.asarray(np.random.default_rng(8).uniform(-1, 1, (6, 28, 28, 1)).astype(np.float32))
+  batch, rng = {"image": images, "mask": jnp.arange(6) < 5}, jax.random.key(5)
+  kw = dict(clip_norm=1.0, noise_multiplier=0.5, expected_batch=5.0)
+  one, _ = jax.jit(functools.partial(private_gan.train_step, **kw))(state, batch, rng)
+  step = jax.jit(functools.partial(private_gan.train_step, d_steps=2, **kw))
+  first, metrics = step(state, batch, rng)
+  for a, b in zip(jax.tree.leaves(first.d_params), jax.tree.leaves(one.d_params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  kept = lambda s: (s.g_params, s.g_opt_state, s.ema_params, s.g_batch_stats)
+  for a, b in zip(jax.tree.leaves(kept(first)), jax.tree.leaves(kept(state)), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert float(metrics["g_grad_norm"]) > 0  # computed, then discarded
+  second, _ = step(first, batch, rng)
+  assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(second.g_params),
+                                                      jax.tree.leaves(first.g_params)))
+
+
 def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
   """In process (the CLI's one-line form of the same errors is in tests/test_bad_input.py)."""
   from configs import private as private_config
@@ -345,6 +367,18 @@ def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
   with pytest.raises(ConfigError, match=f"a trunk trained on {config.data.name}, the private data itself"):
     private_trainer.check_trunk(config, trained_here)
   private_trainer.check_trunk(config, pretrained.WeightsMeta("resnet18", dataset="digits28"))  # public data
+  # several D steps per G step: the private D step has them, the ordinary one does not
+  from tlgan.trainers import gan as gan_trainer
+  config = gan_config.get_config("smoke")
+  config.d_steps = 3
+  with pytest.raises(ConfigError, match=r"d_steps=3: .* set d_steps=1 or dp.enabled=True"):
+    gan_trainer.check_model_config(config)
+  config.d_steps = 0
+  with pytest.raises(ConfigError, match="d_steps"):
+    gan_trainer.check_model_config(config)
+  config = gan_config.get_config("private,smoke")
+  config.d_steps = 3
+  gan_trainer.check_model_config(config)
 
 
 def test_a_stop_asked_while_the_accounting_is_computed_ends_there(monkeypatch):

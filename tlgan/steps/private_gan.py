@@ -34,7 +34,7 @@ FROZEN = TRUNK  # the parameters of D that never learn (a projected D's pretrain
 
 def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axis_name: Optional[str] = None, *,
                clip_norm: float, noise_multiplier: float, expected_batch: float,
-               microbatch_size: Optional[int] = None, clip_fake: bool = False
+               microbatch_size: Optional[int] = None, clip_fake: bool = False, d_steps: int = 1
                ) -> Tuple[GANState, Dict[str, jax.Array]]:
   """One private D update on a padded Poisson batch of real images (`batch['mask']`), then one G update.
 
@@ -47,6 +47,10 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
     clip_fake: also clip the fake term's per-example gradients to `clip_norm` (no noise: they are public), so
       that both halves of D's gradient have the same scale; without it the exact fake term can outweigh the
       clipped real one, and D learns to call everything fake.
+    d_steps: D steps per G step (Bie et al. 2023, "Private GANs, Revisited": a noisy D needs more steps to keep
+      up with G): G, its EMA and its BatchNorm statistics change only at steps s with (s + 1) % d_steps == 0.
+      Every step still computes G's gradient (its metrics stay meaningful; it costs little next to D's
+      per-example gradients) and discards it on D-only steps.
   """
   discriminator = state.discriminator
   if getattr(discriminator, "norm", "batch") == "batch":
@@ -100,6 +104,11 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
   g_params = optax.apply_updates(state.g_params, g_updates)
 
   ema_params = ema_update(state, g_params)
+  if d_steps > 1:  # a D-only step keeps G's state as it was
+    g_step = (state.step + 1) % d_steps == 0
+    g_params, g_opt_state, ema_params, g_batch_stats = jax.tree.map(
+        lambda new, old: jnp.where(g_step, new, old), (g_params, g_opt_state, ema_params, g_batch_stats),
+        (state.g_params, state.g_opt_state, state.ema_params, state.g_batch_stats))
   count = jnp.maximum(counts["count"], 1.0)
   d_fake = jnp.mean(jax.nn.sigmoid(fake_logits))
   if axis_name is not None:

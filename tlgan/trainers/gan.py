@@ -52,7 +52,7 @@ MODEL_NUMBERS = {
     "data.workers": _N.NON_NEGATIVE_INT,
     "transfer.freeze_d_layers": _N.NON_NEGATIVE_INT, "log_every": _N.POSITIVE_INT, "sample_every": _N.POSITIVE_INT,
     "checkpoint_every": _N.POSITIVE_INT, "keep_checkpoints": _N.POSITIVE_INT, "num_sample_images": _N.POSITIVE_INT,
-    "inject_nan_at_step": _N.NON_NEGATIVE_INT, **private.numbers(),
+    "inject_nan_at_step": _N.NON_NEGATIVE_INT, "d_steps": _N.POSITIVE_INT, **private.numbers(),
 }
 NUMBERS = {**MODEL_NUMBERS, **gan_eval.NUMBERS}
 
@@ -83,6 +83,9 @@ def check_model_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"transfer.freeze_d_layers={frozen}, but D has {num_blocks} convolution blocks: "
                       f"use 1..{num_blocks} (or 0: nothing frozen)")
   private.check_config(config)
+  if config.d_steps > 1 and not private.enabled(config):
+    raise ConfigError(f"d_steps={config.d_steps}: several D steps per G step are implemented for the private D "
+                      "(configs/gan.py:private); set d_steps=1 or dp.enabled=True")
 
 
 def build_state(config: ml_collections.ConfigDict, image_shape, axis_name=None) -> gan_step.GANState:
@@ -294,7 +297,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if dp_run:
     step_fn = functools.partial(private_gan.train_step, clip_norm=dp_plan.clip_norm,
                                 noise_multiplier=dp_plan.dp.noise_multiplier, expected_batch=dp_plan.dp.expected_batch,
-                                microbatch_size=dp_plan.microbatch, clip_fake=config.dp.clip_fake)
+                                microbatch_size=dp_plan.microbatch, clip_fake=config.dp.clip_fake,
+                                d_steps=config.d_steps)
     hooks.append((config.log_every, private.epsilon_hook(dp_plan)))
   result = loop.run(
       state=state, step_fn=step_fn, batches=map(to_device, batches), rng=rng, par=par,
