@@ -133,6 +133,34 @@ def test_two_processes_equal_one_process(tmp_path):
   assert json.load(open(tmp_path / "two" / "summary.json"))["processes"] == 2
 
 
+PRIVATE = ["--config=configs/private.py:digits,smoke", "--config.num_steps=4", "--config.checkpoint_every=2"]
+
+
+@pytest.mark.slow
+def test_a_dp_run_in_two_processes_equals_one_process_with_two_devices(tmp_path):
+  """DP-SGD over processes: each holds the whole training set, draws the same Poisson batch and keeps its half
+  of the rows; the clipped sums, the noise (a function of (seed, step)) and the accountant are global. Two
+  processes of one device each end where one process with both devices does."""
+  port = free_port()
+  logs = [tmp_path / f"p{i}.log" for i in range(2)]
+  procs = [launch(tmp_path / "two", PRIVATE, 1, i, 2, port, logs[i]) for i in range(2)]
+  one = launch(tmp_path / "one", PRIVATE, 2, log=tmp_path / "one.log")
+  for p in procs + [one]:
+    assert p.wait(timeout=600) == 0, [open(l).read()[-3000:] for l in logs + [tmp_path / "one.log"]]
+  from tlgan import pretrained
+  import jax
+  two, _ = pretrained.load(str(tmp_path / "two" / "model.msgpack"))
+  ref, _ = pretrained.load(str(tmp_path / "one" / "model.msgpack"))
+  for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(ref), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  summaries = [json.load(open(tmp_path / run / "summary.json")) for run in ("two", "one")]
+  assert summaries[0]["processes"] == 2 and summaries[1]["processes"] == 1
+  assert summaries[0]["privacy"] == summaries[1]["privacy"] and summaries[0]["privacy"]["epsilon"] > 0
+  for log in logs:  # every process read the whole training set
+    (line,) = shard_lines(open(log).read())
+    assert "digits[train] (data shard 0): 1258 examples" in line
+
+
 @pytest.mark.slow
 def test_a_dead_process_stops_the_other(tmp_path):
   port = free_port()

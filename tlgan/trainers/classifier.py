@@ -219,13 +219,15 @@ def choose_pipeline(config, load) -> str:
   return pipeline
 
 
-def memory_shards(config, load) -> list:
-  """This process's training shards in memory, cut to `data.per_class` examples per class when it is set."""
+def memory_shards(config, load, whole: bool = False) -> list:
+  """This process's training shards in memory, cut to `data.per_class` examples per class when it is set.
+  `whole`: the whole training set in every process (a DP run's Poisson sampling reads all of it)."""
   d = config.data
-  shards = data.load_shards(d.name, d.train_split, num_shards=d.num_shards, process_index=jax.process_index(),
-                            process_count=jax.process_count(), **load)
+  where = dict(num_shards=1, process_index=0, process_count=1) if whole else dict(
+      num_shards=d.num_shards, process_index=jax.process_index(), process_count=jax.process_count())
+  shards = data.load_shards(d.name, d.train_split, **where, **load)
   subset_seed = d.subset_seed if d.subset_seed >= 0 else config.seed
-  total_shards = d.num_shards or jax.process_count()
+  total_shards = 1 if whole else d.num_shards or jax.process_count()
   if d.per_class % total_shards:
     raise ConfigError(f"data.per_class={d.per_class} does not split over {total_shards} data shards: "
                       f"use a multiple of {total_shards}")
@@ -267,12 +269,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       logging.info("process %d streams %s[%s] (data shard %d): %d examples", jax.process_index(),
                    config.data.name, shard.split, shard.index, len(shard.images))
   else:
-    shards = memory_shards(config, load)
+    shards = memory_shards(config, load, whole=dp_run)
   load.update(process_index=jax.process_index(), process_count=jax.process_count())
   test_x, test_y = data.load_split(config.data.name, config.data.test_split, **load)
   stopping.check("reading the data")
   n_train = int(sum(len(s.images) for s in shards))
-  if jax.process_count() > 1:
+  if jax.process_count() > 1 and not dp_run:  # a DP run's processes each hold the whole set
     n_train = int(np.sum(multihost_utils.process_allgather(np.int64(n_train))))
   epoch_steps = steps_per_epoch(n_train, config.batch_size if dp_run else sizes.global_)
   if config.num_steps > 0:  # a fixed budget of steps (comparisons across dataset sizes) instead of epochs

@@ -187,8 +187,8 @@ def training_data(config, ds_spec, per_process_batch: int, start: int):
 
 
 def private_training_images(config) -> np.ndarray:
-  """A private run's training images, in memory, in one process (its Poisson sampling reads them all;
-  `private.check_config` has refused data.pipeline=streaming)."""
+  """A private run's training images, all of them in memory in every process (each draws the same Poisson batch
+  and keeps its rows; `private.check_config` has refused data.pipeline=streaming)."""
   d = config.data
   shards = data.load_shards(d.name, d.split, num_shards=1, process_index=0, process_count=1,
                             data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, download=d.download,

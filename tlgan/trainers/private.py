@@ -78,8 +78,8 @@ def check_config(config, prefix: str = "") -> None:
   if config.data.pipeline == "streaming":
     raise ConfigError(f"{prefix}dp.enabled samples batches from data in memory: set {prefix}data.pipeline=memory")
   if config.data.num_shards > 1:
-    raise ConfigError(f"{prefix}dp.enabled samples from the whole training set in one process: set "
-                      f"{prefix}data.num_shards=0 and run one process")
+    raise ConfigError(f"{prefix}data.num_shards={config.data.num_shards} with {prefix}dp.enabled: every process "
+                      f"holds the whole training set and samples the same Poisson batch; set {prefix}data.num_shards=0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +106,8 @@ def default_delta(dataset_size: int) -> float:
 
 def plan(config, *, dataset_size: int, total_steps: int, trainable_params: int) -> Plan:
   """The run's privacy parameters; refuses, in one line, a run that would exceed `dp.max_epsilon`."""
-  if jax.process_count() > 1:
-    raise ConfigError("dp.enabled runs in one process (its sampling reads the whole training set): run one "
-                      "process, with any number of local devices")
   d = config.dp
-  devices = jax.local_device_count()
+  devices = jax.device_count()  # over all processes: each holds the whole set, samples the same batch, keeps its rows
   delta = d.delta or default_delta(dataset_size)
   if delta >= 1.0 / dataset_size:
     raise ConfigError(f"dp.delta={delta:g} is not below 1/N = {1 / dataset_size:.3g} (N = {dataset_size} training "
@@ -178,11 +175,17 @@ def step_fn(plan_: Plan, mode: str) -> Callable:
 
 def batches(images: np.ndarray, labels: np.ndarray, plan_: Plan, *, seed: int, start_step: int,
             map_fn: Callable) -> Iterator[Dict[str, np.ndarray]]:
-  """Step s's padded truncated Poisson batch, preprocessed by `map_fn(batch, step)` (NumPy, per example)."""
+  """This process's rows of step s's padded truncated Poisson batch, preprocessed by `map_fn(batch, step)`
+  (NumPy, per example). Every process holds the whole training set and draws the same batch, a function of
+  (seed, step); process p keeps the p-th of `jax.process_count()` equal slices of its rows (max_batch is a
+  multiple of the global device count), which is where the global batch array puts them."""
   dp = plan_.dp
+  rows = dp.max_batch // jax.process_count()
+  mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
   for step in itertools.count(start_step):
     indices, mask = privacy.poisson_batch(seed=seed, step=step, dataset_size=dp.dataset_size,
                                           expected_batch=dp.expected_batch, max_batch=dp.max_batch)
+    indices, mask = indices[mine], mask[mine]
     batch = map_fn({"image": images[indices], "label": labels[indices]}, step, 0)
     yield {"image": batch["image"], "label": batch["label"].astype(np.int32), "mask": mask}
 
