@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from tlgan import data, files, reporting
+from tlgan import data, files
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import UserError, first_line
 from tlgan.trainers import gan_eval

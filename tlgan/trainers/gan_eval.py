@@ -11,7 +11,6 @@ split. Every process computes the same numbers on the whole split (only process 
 """
 
 import logging
-import os
 import time
 from typing import Dict, List, Optional
 
