@@ -152,7 +152,7 @@ def table(results: dict, num_steps: int) -> str:
   kid_key = fd_key.replace("FD[", "KID[")
   extra = [k for k in (fd_key.replace("FD[", "precision["), fd_key.replace("FD[", "recall[")) if k in generated]
   private = any(r.get("privacy") for runs in results.values() for r in runs.values())
-  floor = first["final_eval"]["floor_train_vs_reference"][fd_key]
+  floor = (first["final_eval"].get("floor_train_vs_reference") or {}).get(fd_key)  # None: a private training set
   seeds = len(next(iter(results.values())))
   head = ["variant"] + (["ε (noise σ)"] if private else []) + [fd_key, kid_key] + extra + [
       "training images/s", "wall per run"]
@@ -167,8 +167,9 @@ def table(results: dict, num_steps: int) -> str:
         fmt([r["final_eval"]["generated"].get(k) for r in s], 3) for k in extra] + [
         fmt([r["train_images_per_s"] for r in s], 0), fmt([r["wall_time_s"] / 60 for r in s], 1) + " min"]
     lines.append("| " + " | ".join(cells) + " |")
-  floor_cells = ["floor: training vs reference images"] + [""] * private + [f"{floor:.2f}"]
-  lines.append("| " + " | ".join(floor_cells + [""] * (len(head) - len(floor_cells))) + " |")
+  if floor is not None:
+    floor_cells = ["floor: training vs reference images"] + [""] * private + [f"{floor:.2f}"]
+    lines.append("| " + " | ".join(floor_cells + [""] * (len(head) - len(floor_cells))) + " |")
   if private:
     lines += ["", ANCHORS]
   return "\n".join(lines)

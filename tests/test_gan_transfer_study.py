@@ -56,6 +56,7 @@ def _add_privacy(folder, epsilon, sigma, precision, recall):
   key = "resnet18-fashion_mnist"
   summary["final_eval"]["generated"].update({f"precision[{key}]": precision, f"recall[{key}]": recall})
   summary["privacy"] = {"epsilon": epsilon, "noise_multiplier": sigma, "delta": 1e-5}
+  summary["final_eval"]["floor_train_vs_reference"] = None  # a private run releases no training-set statistics
   with open(path, "w") as f:
     json.dump(summary, f)
 
@@ -84,6 +85,7 @@ def test_private_study_table_from_finished_runs(tmp_path):
   assert "| 9.98 ± 0.00 (σ 0.600 ± 0.000) | 30.5 ± 0.7 |" in rows["dcgan_eps10"]
   assert "| ∞ (no noise) | 15.5 ± 0.7 |" in rows["projected_nonprivate"]
   assert f"| {np.mean([0.5, 0.6]):.3f} ± {np.std([0.5, 0.6], ddof=1):.3f} | 0.300 ± 0.000 |" in rows["dcgan_eps1"]
+  assert "floor" not in table
   assert "Bie et al." in table and "DP-Sinkhorn" in table and "DPDM" in table and "GS-WGAN" in table
   assert json.loads((tmp_path / "results.json").read_text())["dcgan_eps1"]["0"]["privacy"]["epsilon"] == 0.99
 
