@@ -237,8 +237,8 @@ def _gan_state(d_norm="group", d="dcgan"):
                              image_shape=(28, 28, 1), latent_dim=8)
 
 
-@pytest.mark.parametrize("d", ["dcgan", "projected"])
-def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step(d):
+@pytest.mark.parametrize("d, clip_fake", [("dcgan", False), ("projected", False), ("projected", True)])
+def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step(d, clip_fake):
   """sigma 0, C huge, every row real, the divisor = the batch: the DP-SGD machinery must give the ordinary
   step's update (the real term's mean gradient + the fakes' term), for D and, through D, for G. A projected D:
   its heads learn, its trunk (parameters and BatchNorm statistics) stays as it was."""
@@ -248,7 +248,7 @@ def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step(d):
   images = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (6, 28, 28, 1)).astype(np.float32))
   plain, _ = jax.jit(gan_step.train_step)(state, {"image": images}, jax.random.key(3))
   step = jax.jit(functools.partial(private_gan.train_step, clip_norm=1e9, noise_multiplier=0.0, expected_batch=6.0,
-                                   microbatch_size=3))
+                                   microbatch_size=3, clip_fake=clip_fake))
   private, metrics = step(state, {"image": images, "mask": jnp.ones(6, bool)}, jax.random.key(3))
   for a, b in zip(jax.tree.leaves((plain.d_params, plain.g_params)), jax.tree.leaves((private.d_params,
                                                                                          private.g_params))):

@@ -42,14 +42,22 @@ class ProjectedDiscriminator(nn.Module):
   norm: str = "batch"  # the heads' normalisation: 'batch' or 'group' (per example: private heads)
 
   @nn.compact
-  def __call__(self, x, train: bool = True):
-    x = pretrained.classifier_input((x.astype(jnp.float32) + 1.0) / 2.0, self.trunk)
-    frozen = nn.map_variables(ResNet, "params", trans_in_fn=jax.lax.stop_gradient, init=self.is_initializing(),
-                              mutable=self.is_initializing())
-    trunk = frozen(stage_sizes=(2, 2, 2, 2), num_classes=1, stem=self.trunk.stem, width=self.trunk.width,
-                   conv_impl=self.conv_impl, dtype=self.dtype, name=TRUNK)
-    feats = trunk(x, train=False, stages=tuple(self.stages))  # inference BatchNorm: the trunk never changes
-    logits = jnp.zeros((x.shape[0],), jnp.float32)
+  def __call__(self, x, train: bool = True, *, features_only: bool = False, stage_features=None):
+    """Logits of images `x`; `features_only`: the trunk's stage features instead ({stage: (N, h, w, c)}), and
+    `stage_features` (such a dict; `x` unused): the heads' logits on them, without running the trunk again
+    (a private step computes the real images' features once, outside its per-example gradients)."""
+    if stage_features is None:
+      x = pretrained.classifier_input((x.astype(jnp.float32) + 1.0) / 2.0, self.trunk)
+      frozen = nn.map_variables(ResNet, "params", trans_in_fn=jax.lax.stop_gradient, init=self.is_initializing(),
+                                mutable=self.is_initializing())
+      trunk = frozen(stage_sizes=(2, 2, 2, 2), num_classes=1, stem=self.trunk.stem, width=self.trunk.width,
+                     conv_impl=self.conv_impl, dtype=self.dtype, name=TRUNK)
+      feats = trunk(x, train=False, stages=tuple(self.stages))  # inference BatchNorm: the trunk never changes
+      if features_only:
+        return feats
+    else:
+      feats = stage_features
+    logits = jnp.zeros((feats[self.stages[0]].shape[0],), jnp.float32)
     for name in self.stages:
       h = Conv(self.features, (3, 3), (1, 1), (1, 1), use_bias=False, impl=self.conv_impl,
                kernel_init=dcgan_init, dtype=self.dtype, name=f"head_{name}_conv")(feats[name])

@@ -65,11 +65,18 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
   d_logits = lambda d_params, images: discriminator.apply({"params": {**d_params, **trunk}, **fixed}, images,
                                                           train=True)
   learning = {k: v for k, v in state.d_params.items() if k != FROZEN}
+  if trunk:  # a projected D: the frozen trunk's features once per image; per-example gradients of the heads on them
+    d_inputs = lambda images: jax.lax.stop_gradient(discriminator.apply(
+        {"params": state.d_params, **fixed}, images, train=True, features_only=True))
+    head_logits = lambda d_params, feats: discriminator.apply({"params": {**d_params, **trunk}, **fixed}, None,
+                                                              train=True, stage_features=feats)
+  else:
+    d_inputs, head_logits = (lambda images: images), d_logits
 
   # the private part: per-example clipped gradients of the real term, noise once on their sum
-  example_losses = lambda d_params, images: (lambda logits: (real_term(logits), logits))(d_logits(d_params, images))
+  example_losses = lambda d_params, inputs: (lambda logits: (real_term(logits), logits))(head_logits(d_params, inputs))
   real_sum, real_losses, real_logits, norms = reweighted_clipped_sum(
-      example_losses, learning, real, mask, clip_norm=clip_norm, microbatch_size=microbatch_size)
+      example_losses, learning, d_inputs(real), mask, clip_norm=clip_norm, microbatch_size=microbatch_size)
   counts = {"count": jnp.sum(mask.astype(jnp.float32)),
             "clipped": jnp.sum((norms > clip_norm) & mask), "d_real_sum": jnp.sum(jax.nn.sigmoid(real_logits) * mask),
             "real_loss_sum": jnp.sum(real_losses * mask)}
@@ -80,10 +87,11 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
 
   # the public part: the fakes' term, exact (post-processing of private D and G)
   if clip_fake:
-    fake_losses_fn = lambda d_params, images: (lambda logits: (fake_term(logits), logits))(d_logits(d_params, images))
+    fake_losses_fn = lambda d_params, inputs: (lambda logits: (fake_term(logits), logits))(head_logits(d_params,
+                                                                                                     inputs))
     fake_sum, fake_losses, _, _ = reweighted_clipped_sum(
-        fake_losses_fn, learning, jax.lax.stop_gradient(fake), jnp.ones(fake.shape[0], bool), clip_norm=clip_norm,
-        microbatch_size=microbatch_size)
+        fake_losses_fn, learning, d_inputs(jax.lax.stop_gradient(fake)), jnp.ones(fake.shape[0], bool),
+        clip_norm=clip_norm, microbatch_size=microbatch_size)
     fake_loss, fake_grads = jnp.mean(fake_losses), jax.tree.map(lambda g: g / fake.shape[0], fake_sum)
   else:
     fake_loss, fake_grads = jax.value_and_grad(
