@@ -38,7 +38,7 @@ flags.DEFINE_list("overrides", [], "Extra --config.X=Y flags for every run (with
 flags.mark_flag_as_required("root")
 
 
-# The private study's size, chosen to fit a 2-core CPU (about 13 minutes per run there): G and D of width 32,
+# The private study's size, chosen to fit a 2-core CPU (about 18 minutes per run there): G and D of width 32,
 # evaluated every 400 of the 1,200 steps; --overrides (later on the command line) wins over these.
 PRIVATE_PROTOCOL = ("--config.model.d_features=32", "--config.model.g_features=32", "--config.eval.every=400")
 
