@@ -101,22 +101,28 @@ def shard_lines(log_text):
   return [l.split("] ", 1)[-1] for l in log_text.splitlines() if "(data shard" in l]
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
-  from tlgan import data, pretrained
+def two_processes_and_one(tmp_path, args, devices_each):
+  """Runs `args` as two processes of `devices_each` devices (workdir two/) and as one process with all of
+  them (one/); asserts the same final parameters and statistics (saved by process 0); the two logs."""
+  from tlgan import pretrained
+  import jax
   port = free_port()
   logs = [tmp_path / f"p{i}.log" for i in range(2)]
-  procs = [launch(tmp_path / "two", CLASSIFIER, 2, i, 2, port, logs[i]) for i in range(2)]
-  one = launch(tmp_path / "one", CLASSIFIER, 4, log=tmp_path / "one.log")
+  procs = [launch(tmp_path / "two", args, devices_each, i, 2, port, logs[i]) for i in range(2)]
+  one = launch(tmp_path / "one", args, 2 * devices_each, log=tmp_path / "one.log")
   for p in procs + [one]:
     assert p.wait(timeout=600) == 0, [open(l).read()[-3000:] for l in logs + [tmp_path / "one.log"]]
-
-  # The same final parameters and statistics (saved by process 0) as one process with 4 devices.
   two, _ = pretrained.load(str(tmp_path / "two" / "model.msgpack"))
   ref, _ = pretrained.load(str(tmp_path / "one" / "model.msgpack"))
-  import jax
-  for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(ref)):
+  for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(ref), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  return logs
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+  from tlgan import data
+  logs = two_processes_and_one(tmp_path, CLASSIFIER, 2)
   # Each process read its own half of the training split: the shards' own fingerprints, disjoint halves.
   halves = [data.load_split("digits", "train", process_index=j, process_count=2)[0] for j in range(2)]
   for j in range(2):
@@ -141,18 +147,7 @@ def test_a_dp_run_in_two_processes_equals_one_process_with_two_devices(tmp_path)
   """DP-SGD over processes: each holds the whole training set, draws the same Poisson batch and keeps its half
   of the rows; the clipped sums, the noise (a function of (seed, step)) and the accountant are global. Two
   processes of one device each end where one process with both devices does."""
-  port = free_port()
-  logs = [tmp_path / f"p{i}.log" for i in range(2)]
-  procs = [launch(tmp_path / "two", PRIVATE, 1, i, 2, port, logs[i]) for i in range(2)]
-  one = launch(tmp_path / "one", PRIVATE, 2, log=tmp_path / "one.log")
-  for p in procs + [one]:
-    assert p.wait(timeout=600) == 0, [open(l).read()[-3000:] for l in logs + [tmp_path / "one.log"]]
-  from tlgan import pretrained
-  import jax
-  two, _ = pretrained.load(str(tmp_path / "two" / "model.msgpack"))
-  ref, _ = pretrained.load(str(tmp_path / "one" / "model.msgpack"))
-  for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(ref), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  logs = two_processes_and_one(tmp_path, PRIVATE, 1)
   summaries = [json.load(open(tmp_path / run / "summary.json")) for run in ("two", "one")]
   assert summaries[0]["processes"] == 2 and summaries[1]["processes"] == 1
   assert summaries[0]["privacy"] == summaries[1]["privacy"] and summaries[0]["privacy"]["epsilon"] > 0

@@ -237,8 +237,8 @@ def _gan_state(d_norm="group", d="dcgan"):
                              image_shape=(28, 28, 1), latent_dim=8)
 
 
-@pytest.mark.parametrize("d, clip_fake", [("dcgan", False), ("projected", False), ("projected", True)])
-def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step(d, clip_fake):
+@pytest.mark.parametrize("d", ["dcgan", "projected"])
+def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step(d):
   """sigma 0, C huge, every row real, the divisor = the batch: the DP-SGD machinery must give the ordinary
   step's update (the real term's mean gradient + the fakes' term), for D and, through D, for G. A projected D:
   its heads learn, its trunk (parameters and BatchNorm statistics) stays as it was."""
@@ -248,7 +248,7 @@ def test_private_gan_step_without_noise_or_clipping_equals_the_gan_step(d, clip_
   images = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (6, 28, 28, 1)).astype(np.float32))
   plain, _ = jax.jit(gan_step.train_step)(state, {"image": images}, jax.random.key(3))
   step = jax.jit(functools.partial(private_gan.train_step, clip_norm=1e9, noise_multiplier=0.0, expected_batch=6.0,
-                                   microbatch_size=3, clip_fake=clip_fake))
+                                   microbatch_size=3))
   private, metrics = step(state, {"image": images, "mask": jnp.ones(6, bool)}, jax.random.key(3))
   for a, b in zip(jax.tree.leaves((plain.d_params, plain.g_params)), jax.tree.leaves((private.d_params,
                                                                                          private.g_params))):
@@ -302,18 +302,15 @@ def test_private_gan_step_clip_fake_clips_each_fake_rows_gradient_as_an_explicit
   clip = float(np.median(norms))
   assert (norms > clip).any() and (norms < clip).any()
   scale = np.minimum(1.0, clip / norms)
-  step = jax.jit(functools.partial(private_gan.train_step, noise_multiplier=0.0, expected_batch=4.0, clip_fake=True),
-                 static_argnames="clip_norm")
+  # clip_norm traced: one compiled program for both values (C huge: the exact term, the loop without clipping)
+  step = jax.jit(lambda state, batch, rng, c: private_gan.train_step(
+      state, batch, rng, clip_norm=c, noise_multiplier=0.0, expected_batch=4.0, clip_fake=True))
   for c, factors in ((clip, scale), (1e9, np.ones(6))):
-    new, metrics = step(state, {"image": images, "mask": no_real}, rng, clip_norm=c)
+    new, metrics = step(state, {"image": images, "mask": no_real}, rng, jnp.float32(c))
     expected = jax.tree.map(lambda p, g: p - 0.1 * np.tensordot(factors, np.asarray(g, np.float64), 1) / 6,
                             state.d_params, grads)
     for a, b in zip(jax.tree.leaves(new.d_params), jax.tree.leaves(expected), strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  exact, _ = jax.jit(functools.partial(private_gan.train_step, clip_norm=1e9, noise_multiplier=0.0,
-                                       expected_batch=4.0))(state, {"image": images, "mask": no_real}, rng)
-  for a, b in zip(jax.tree.leaves(new.d_params), jax.tree.leaves(exact.d_params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_private_gan_step_d_steps_moves_g_only_every_d_steps_th_step():
