@@ -139,7 +139,8 @@ def test_two_processes_equal_one_process(tmp_path):
   assert json.load(open(tmp_path / "two" / "summary.json"))["processes"] == 2
 
 
-PRIVATE = ["--config=configs/private.py:digits,smoke", "--config.num_steps=4", "--config.checkpoint_every=2"]
+PRIVATE = ["--config=configs/private.py:digits,smoke", "--config.num_steps=4", "--config.checkpoint_every=2",
+           "--config.augment.crop_padding=2", "--config.augment.flip=True"]  # per-row draws of the whole batch
 
 
 @pytest.mark.slow

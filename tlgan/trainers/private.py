@@ -177,17 +177,17 @@ def batches(images: np.ndarray, labels: np.ndarray, plan_: Plan, *, seed: int, s
             map_fn: Callable) -> Iterator[Dict[str, np.ndarray]]:
   """This process's rows of step s's padded truncated Poisson batch, preprocessed by `map_fn(batch, step)`
   (NumPy, per example). Every process holds the whole training set and draws the same batch, a function of
-  (seed, step); process p keeps the p-th of `jax.process_count()` equal slices of its rows (max_batch is a
-  multiple of the global device count), which is where the global batch array puts them."""
+  (seed, step), and preprocesses all of it (augmentation draws are per row of the whole batch, as in one
+  process); process p keeps the p-th of `jax.process_count()` equal slices of its rows (max_batch is a multiple
+  of the global device count), which is where the global batch array puts them."""
   dp = plan_.dp
   rows = dp.max_batch // jax.process_count()
   mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
   for step in itertools.count(start_step):
     indices, mask = privacy.poisson_batch(seed=seed, step=step, dataset_size=dp.dataset_size,
                                           expected_batch=dp.expected_batch, max_batch=dp.max_batch)
-    indices, mask = indices[mine], mask[mine]
     batch = map_fn({"image": images[indices], "label": labels[indices]}, step, 0)
-    yield {"image": batch["image"], "label": batch["label"].astype(np.int32), "mask": mask}
+    yield {"image": batch["image"][mine], "label": batch["label"][mine].astype(np.int32), "mask": mask[mine]}
 
 
 def epsilon_hook(plan_: Plan) -> Callable:
