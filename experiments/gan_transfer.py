@@ -87,11 +87,11 @@ def variants(study: str):
       noise = [f"--config.dp.target_epsilon={eps:g}"] if eps > 0 else [
           "--config.dp.target_epsilon=0", "--config.dp.noise_multiplier=0"]
       name = f"eps{eps:g}" if eps > 0 else "nonprivate"
-      noise += list(PRIVATE_PROTOCOL)
-      runs[f"dcgan_{name}"] = ("configs/gan.py:private", noise)
+      extra = noise + list(PRIVATE_PROTOCOL)
+      runs[f"dcgan_{name}"] = ("configs/gan.py:private", extra)
       if FLAGS.private_trunk:
         runs[f"projected_{name}"] = ("configs/gan.py:private,projected",
-                                     noise + [f"--config.model.d_trunk_weights={FLAGS.private_trunk}"])
+                                     extra + [f"--config.model.d_trunk_weights={FLAGS.private_trunk}"])
     return runs
   raise app.UsageError(f"unknown study {study!r}: use freezed, projected or private")
 
@@ -130,9 +130,10 @@ ANCHORS = (
     "Published private generators, for scale only (MNIST at ε = 10, δ = 1e-5, FID in Inception-v3: another "
     "dataset and another feature space than the FD above): DP-Sinkhorn (Cao et al. 2021) 48.4, the record that "
     "both following papers cite; GS-WGAN (Chen et al. 2020) is above it; \"Private GANs, Revisited\" (Bie et al., "
-    "TMLR 2023: DP-SGD on D as here, with many D steps per G step and large batches) 13.0 in the abstract of its ICLR 2023 "
-    "submission, 13.3 and 19.4 (adaptive / 50 D steps per G step) in their repository, 3.4 without privacy, about 8 "
-    "hours on one V100 per private run; DPDM (Dockhorn et al. 2022, a diffusion model) 5.01. Their Fashion-MNIST figures were not checked here.")
+    "TMLR 2023: DP-SGD on D as here, with many D steps per G step and large batches) 13.0 in the abstract of its "
+    "ICLR 2023 submission, 13.3 and 19.4 (adaptive / 50 D steps per G step) in their repository, 3.4 without "
+    "privacy, about 8 hours on one V100 per private run; DPDM (Dockhorn et al. 2022, a diffusion model) 5.01. "
+    "Their Fashion-MNIST figures were not checked here.")
 
 
 def _privacy_cell(runs) -> str:

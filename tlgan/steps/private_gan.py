@@ -73,10 +73,13 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
   else:
     d_inputs, head_logits = (lambda images: images), d_logits
 
+  # per-example losses of one of D's terms (and the logits), as `reweighted_clipped_sum` takes them
+  term_losses = lambda term: lambda d_params, inputs: (lambda logits: (term(logits), logits))(
+      head_logits(d_params, inputs))
+
   # the private part: per-example clipped gradients of the real term, noise once on their sum
-  example_losses = lambda d_params, inputs: (lambda logits: (real_term(logits), logits))(head_logits(d_params, inputs))
   real_sum, real_losses, real_logits, norms = reweighted_clipped_sum(
-      example_losses, learning, d_inputs(real), mask, clip_norm=clip_norm, microbatch_size=microbatch_size)
+      term_losses(real_term), learning, d_inputs(real), mask, clip_norm=clip_norm, microbatch_size=microbatch_size)
   counts = {"count": jnp.sum(mask.astype(jnp.float32)),
             "clipped": jnp.sum((norms > clip_norm) & mask), "d_real_sum": jnp.sum(jax.nn.sigmoid(real_logits) * mask),
             "real_loss_sum": jnp.sum(real_losses * mask)}
@@ -85,17 +88,17 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
   noise = gaussian_noise(rng, state.step, real_sum, noise_multiplier * clip_norm)
   private_grads = jax.tree.map(lambda g, e: (g + e) / expected_batch, real_sum, noise)
 
-  # the public part: the fakes' term, exact (post-processing of private D and G)
+  # the public part: the fakes' term, exact (post-processing of private D and G); D's inputs for the fakes
+  # (a projected D's trunk features) once, for this term and for D(G(z)) below
+  fake_inputs = d_inputs(jax.lax.stop_gradient(fake))
   if clip_fake:
-    fake_losses_fn = lambda d_params, inputs: (lambda logits: (fake_term(logits), logits))(head_logits(d_params,
-                                                                                                     inputs))
     fake_sum, fake_losses, _, _ = reweighted_clipped_sum(
-        fake_losses_fn, learning, d_inputs(jax.lax.stop_gradient(fake)), jnp.ones(fake.shape[0], bool),
-        clip_norm=clip_norm, microbatch_size=microbatch_size)
+        term_losses(fake_term), learning, fake_inputs, jnp.ones(fake.shape[0], bool), clip_norm=clip_norm,
+        microbatch_size=microbatch_size)
     fake_loss, fake_grads = jnp.mean(fake_losses), jax.tree.map(lambda g: g / fake.shape[0], fake_sum)
   else:
     fake_loss, fake_grads = jax.value_and_grad(
-        lambda d_params: jnp.mean(fake_term(d_logits(d_params, jax.lax.stop_gradient(fake)))))(learning)
+        lambda d_params: jnp.mean(fake_term(head_logits(d_params, fake_inputs))))(learning)
   if axis_name is not None:
     fake_grads, fake_loss = jax.lax.pmean((fake_grads, fake_loss), axis_name)
   d_grads = {**jax.tree.map(jnp.add, private_grads, fake_grads), **jax.tree.map(jnp.zeros_like, trunk)}
@@ -103,7 +106,7 @@ def train_step(state: GANState, batch: Dict[str, jax.Array], rng: jax.Array, axi
   d_params = optax.apply_updates(state.d_params, d_updates)
 
   new_learning = {k: v for k, v in d_params.items() if k != FROZEN}
-  fake_logits = d_logits(learning, fake)
+  fake_logits = head_logits(learning, fake_inputs)
   g_loss, fake_cotangent = jax.value_and_grad(lambda images: g_loss_fn(d_logits(new_learning, images)))(fake)
   (g_grads,) = g_vjp(fake_cotangent)
   if axis_name is not None:
