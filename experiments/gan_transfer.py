@@ -9,20 +9,20 @@
     python -m experiments.gan_transfer private --root=runs/private_gan --seeds=0
 
 Every run is an ordinary `experiments.main` run in `<root>/<variant>_s<seed>`: a finished one is reused, an
-interrupted one resumes, so the same command completes a study. `<root>` receives `results.md` (the table:
+interrupted one resumes, so the same command completes a study. A stop signal (SIGTERM, Ctrl-C, SIGHUP) to the study
+is passed on to the run in progress, which saves its checkpoint; the study then exits 3. `<root>` receives `results.md` (the table:
 mean and spread over seeds), `results.json`, `samples.png` (seed 0's sample grid per variant) and, for the
 projected study, `fd_vs_time.png` (FD during training against training time).
 """
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 from absl import app, flags
 
-from tlgan import files, reporting
+from tlgan import files, reporting, stopping
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", None, "Folder of the study's runs and results.")
@@ -108,9 +108,13 @@ def run(workdir: str, config: str, extra, seed: int, num_steps: int) -> dict:
          f"--config.seed={seed}", f"--config.num_steps={num_steps}", *extra,
          *[f"--config.{o}" for o in FLAGS.overrides]]
   print(" ".join(cmd), flush=True)
-  result = subprocess.run(cmd)
-  if result.returncode != 0:
-    raise SystemExit(f"error: {workdir} failed (exit {result.returncode}); rerun the same command to resume it")
+  returncode = stopping.run_child(cmd)  # a stop signal to the study reaches the run, which saves and exits 3
+  if returncode == stopping.EXIT_STOPPED:
+    print(f"stopped: {workdir} saved its progress; rerun the same command to continue the study",
+          file=sys.stderr, flush=True)
+    raise SystemExit(stopping.EXIT_STOPPED)
+  if returncode != 0:
+    raise SystemExit(f"error: {workdir} failed (exit {returncode}); rerun the same command to resume it")
   with open(summary) as f:
     return json.load(f)
 

@@ -138,3 +138,22 @@ def handlers():
       for sig, handler in previous.items():
         signal.signal(sig, handler)
       _requested = None
+
+
+def run_child(cmd) -> int:
+  """Runs `cmd` (e.g. another `experiments.main`) to its end and returns its exit status, passing each stop
+  signal this process receives on to it, once: the child saves and exits 3 (or, at a second signal, exits at
+  once). The child has its own session, so a Ctrl-C in the terminal reaches it through this process only (the
+  terminal would otherwise deliver it to both, and the child would take it for the second, exit-at-once one).
+  Outside the main thread (no handlers can be installed there) it just waits."""
+  import subprocess
+  proc = subprocess.Popen(cmd, start_new_session=True)
+  if threading.current_thread() is not threading.main_thread():
+    return proc.wait()
+  forward = lambda signum, frame: proc.send_signal(signum)
+  previous = {sig: signal.signal(sig, forward) for sig in SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
+  try:
+    return proc.wait()  # the handler returns, so the wait goes on (PEP 475)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
