@@ -11,8 +11,8 @@
 Every run is an ordinary `experiments.main` run in `<root>/<variant>_s<seed>`: a finished one is reused, an
 interrupted one resumes, so the same command completes a study. A stop signal (SIGTERM, Ctrl-C, SIGHUP) to the
 study is passed on to the run in progress, which saves its checkpoint; the study then exits 3. `<root>` receives
-`results.md` (the table: mean and spread over seeds), `results.json`, `samples.png` (seed 0's sample grid per variant) and, for the
-projected study, `fd_vs_time.png` (FD during training against training time).
+`results.md` (the table: mean and spread over seeds), `results.json`, `samples.png` (seed 0's sample grid per
+variant) and, for the projected study, `fd_vs_time.png` (FD during training against training time).
 """
 
 import json
