@@ -18,16 +18,34 @@ CACHE_DIR = os.path.join(tempfile.gettempdir(), f"tlgan-test-cache-{os.getpid()}
 
 
 def tree_hash(path: str) -> str:
-  """A hash of every file name and content under `path` (to prove a workdir was not touched)."""
+  """A hash of every file name, size, modification time and content under `path` (to prove a workdir was not
+  touched). Files over 1 MiB (weights) are hashed by name, size and modification time in nanoseconds only, which
+  any write changes: hashing their contents cost the bad-input table ~0.5 s per row."""
   h = hashlib.sha256()
   for root, dirs, files in sorted(os.walk(path)):
     dirs.sort()
     for name in sorted(files):
       full = os.path.join(root, name)
-      h.update(os.path.relpath(full, path).encode())
-      with open(full, "rb") as f:
-        h.update(f.read())
+      st = os.stat(full)
+      h.update(f"{os.path.relpath(full, path)} {st.st_size} {st.st_mtime_ns}".encode())
+      if st.st_size <= 2 ** 20:
+        with open(full, "rb") as f:
+          h.update(f.read())
   return h.hexdigest()
+
+
+# For a process a test starts whose programs are compiled and then run only a few steps (a smoke CLI run, a
+# worker comparing device layouts): LLVM at optimisation level 0, as in the pytest processes (conftest.py), ~35%
+# less CPU. Not for runs that must run long or whose numbers are compared with a default-compiled process.
+COMPILE_LEVEL_0 = "--xla_backend_optimization_level=0"
+
+
+def compile_fast_env(env=None) -> dict:
+  """`env` (or nothing) with COMPILE_LEVEL_0 added to its XLA_FLAGS (or the caller's)."""
+  env = dict(env or {})
+  flags = env.get("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = flags if "xla_backend_optimization_level" in flags else f"{flags} {COMPILE_LEVEL_0}".strip()
+  return env
 
 
 def run_cli(*args, env=None, timeout=300, module="experiments.main"):

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, compile_fast_env
 
 pytestmark = pytest.mark.slow  # 8 fake devices and 2 processes: minutes
 
@@ -26,14 +26,15 @@ pytestmark = pytest.mark.slow  # 8 fake devices and 2 processes: minutes
 REL_TOL = 1e-3
 
 
-def fake_devices_env(n: int):
-  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+def fake_devices_env(n: int, compile_fast: bool = False):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+  return {**env, **compile_fast_env(env)} if compile_fast else env
 
 
 @pytest.fixture(scope="module")
 def eight_devices():
   proc = subprocess.run([sys.executable, "-m", "tests.parallel_worker", "gan", "classifier", "eval"], cwd=REPO,
-                        env=fake_devices_env(8), capture_output=True, text=True, timeout=600)
+                        env=fake_devices_env(8, compile_fast=True), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULTS "))
   results = json.loads(line[len("RESULTS "):])
@@ -86,9 +87,9 @@ def free_port() -> int:
 
 CLASSIFIER = ["--config=configs/transfer.py:smoke", "--config.data.name=digits", "--config.num_steps=4",
               "--config.batch_size=8", "--config.data.num_shards=2", "--config.checkpoint_every=2"]
-# Tramer & Boneh's small tanh CNN where the model is beside the point (sharding, masked evaluation, DP over
-# processes, a dead peer): it compiles in ~2 s where the smoke ResNet18 takes ~30 s per process, 3 processes at
-# once on 2 cores. The SIGTERM test keeps the ResNet: BatchNorm statistics summed over processes, bit for bit.
+# Tramer & Boneh's small tanh CNN: these tests are about processes (sharding, masked evaluation, DP over processes,
+# stopping, a dead peer), and it compiles in ~2 s where the smoke ResNet18 takes ~30 s per process, 3 processes
+# at once on 2 cores. (BatchNorm over devices: the eight-devices tests above.)
 SMALL = ["--config.model.arch=tanh_cnn", "--config.model.image_size=16"]
 
 
@@ -190,10 +191,12 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_is_exact(tmp_pa
   process stopping would leave the other waiting in a collective), and the resumed run ends with parameters
   bit-identical to an uninterrupted one (on one process with the same two devices)."""
   from tlgan import pretrained
-  # 30 steps: two processes talking through gloo make ~3 steps/s on 2 cores, and the signal is sent once both
-  # have compiled, so it lands within the first steps.
-  args = CLASSIFIER[:2] + ["--config.num_steps=30", "--config.batch_size=8", "--config.data.num_shards=2",
-                           "--config.checkpoint_every=1000", "--config.log_every=50"]
+  # 150 steps (an epoch is 158): two processes talking through gloo make ~20 steps/s on 2 cores, and the signal is
+  # sent once both have compiled, so it lands within the first seconds.
+  steps = 150
+  args = CLASSIFIER[:2] + SMALL + [f"--config.num_steps={steps}", "--config.batch_size=8",
+                                   "--config.data.num_shards=2", "--config.checkpoint_every=1000",
+                                   "--config.log_every=50"]
 
   def both(workdir, tag, signal_at_start=None):
     port = free_port()
@@ -220,7 +223,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_is_exact(tmp_pa
   saved = [re.search(r"checkpoint saved at step (\d+)", l) for l in logs]
   assert all(saved), [l[-1000:] for l in logs]
   step = int(saved[0].group(1))
-  assert int(saved[1].group(1)) == step and 0 < step < 30
+  assert int(saved[1].group(1)) == step and 0 < step < steps
   assert "SIGTERM received by a process of this run (here too)" in logs[1]
   ckpts = tmp_path / "stopped" / "checkpoints"
   assert sorted(os.listdir(ckpts)) == [str(step)], os.listdir(ckpts)  # complete: no temporary folder left

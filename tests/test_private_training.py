@@ -11,8 +11,11 @@ import pytest
 from tests.helpers import checkpoint_steps, start, wait_for
 from tlgan import pretrained, privacy
 
+# The small tanh CNN (the smoke ResNet18's per-example DP step compiles for ~40 s per process; the private study's
+# end-to-end test trains that one): these runs are about the accountant, kills and resuming.
 DP = ["--config=configs/private.py:digits,smoke", "--config.num_steps=40", "--config.checkpoint_every=5",
-      "--config.log_every=5", "--config.eval_every_epochs=1000"]
+      "--config.log_every=5", "--config.eval_every_epochs=1000", "--config.model.arch=tanh_cnn",
+      "--config.model.image_size=16"]
 
 
 def _metrics(workdir):

@@ -91,9 +91,9 @@ def test_style_loss_falls_by_a_large_factor(images, smoothing):
 
 @pytest.mark.slow
 def test_cli_writes_stylized_side_by_side_and_curve(tmp_path):
-  from tests.helpers import run_cli
+  from tests.helpers import compile_fast_env, run_cli
   workdir = tmp_path / "style"
-  result = run_cli("--config=configs/style.py:smoke", f"--workdir={workdir}")
+  result = run_cli("--config=configs/style.py:smoke", f"--workdir={workdir}", env=compile_fast_env())
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.load(open(workdir / "summary.json"))
   content = style.load_image("skimage:chelsea", 64)
