@@ -30,10 +30,12 @@ except ImportError:
 # reads XLA_FLAGS once, at its first compile: one trivial program is compiled here under the extended value, which
 # is then put back. JAX keys its cache by the XLA_FLAGS variable as it is at each compile, so these executables go
 # to their own folder. A level already named in XLA_FLAGS (e.g. 3, XLA's default) is left as it is.
+from tests.helpers import compile_fast_env  # noqa: E402
+
 _IN_PROCESS_CACHE = _CACHE + "-in-process"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   _given = os.environ.get("XLA_FLAGS")
-  os.environ["XLA_FLAGS"] = f"{_given or ''} --xla_backend_optimization_level=0".strip()
+  os.environ["XLA_FLAGS"] = compile_fast_env()["XLA_FLAGS"]
   import jax  # noqa: E402
   if os.environ["JAX_COMPILATION_CACHE_DIR"] == _CACHE:
     jax.config.update("jax_compilation_cache_dir", _IN_PROCESS_CACHE)

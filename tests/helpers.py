@@ -34,9 +34,9 @@ def tree_hash(path: str) -> str:
   return h.hexdigest()
 
 
-# For a process a test starts whose programs are compiled and then run only a few steps (a smoke CLI run, a
-# worker comparing device layouts): LLVM at optimisation level 0, as in the pytest processes (conftest.py), ~35%
-# less CPU. Not for runs that must run long or whose numbers are compared with a default-compiled process.
+# LLVM at optimisation level 0: the pytest processes (conftest.py), and the processes a test starts whose programs
+# are compiled and then run only a few steps (a smoke CLI run, a worker comparing device layouts): ~35% less CPU.
+# Not for runs that must run long or whose numbers are compared with a default-compiled process.
 COMPILE_LEVEL_0 = "--xla_backend_optimization_level=0"
 
 
