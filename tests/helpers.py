@@ -150,10 +150,10 @@ GAN = ["--config=configs/gan.py:smoke", f"--config.num_steps={STEPS}", f"--confi
        "--config.data.split=train[:6000]"]
 
 
-def reference_run(tmp_path_factory) -> str:
+def reference_run(tmp_path_factory, args=GAN) -> str:
   """The uninterrupted run (a module fixture's body): its workdir."""
   workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  result = run_cli(f"--workdir={workdir}", *GAN)
+  result = run_cli(f"--workdir={workdir}", *args)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 

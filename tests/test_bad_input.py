@@ -11,15 +11,21 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.helpers import EVERY, GAN, STEPS, checkpoint_steps, damage, reference_run, run_cli, tree_hash
+from tests.helpers import GAN, checkpoint_steps, damage, reference_run, run_cli, tree_hash
 
 pytestmark = pytest.mark.slow  # every row is a real CLI process
+
+# The finished run of the rows about checkpoints and sample export: the reliability tests' GAN run, cut to 30
+# steps with a checkpoint every 10 (its 1,500 steps are there to be hit mid-run; here they cost ~40 s for nothing).
+STEPS, EVERY = 30, 10
+RUN = [a for a in GAN if not a.startswith(("--config.num_steps=", "--config.checkpoint_every="))] + [
+    f"--config.num_steps={STEPS}", f"--config.checkpoint_every={EVERY}"]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """A finished GAN run: the workdir of the rows about checkpoints and sample export."""
-  return reference_run(tmp_path_factory)
+  return reference_run(tmp_path_factory, RUN)
 
 
 def _png_header(width, height):
@@ -109,16 +115,16 @@ BAD_INPUT = [
     ("unwritable workdir", "main", GAN + ["--workdir=/proc/tlgan-run"], "error: workdir /proc/tlgan-run is not writable"),
     ("checkpoint of another experiment", "main", CLF + ["--workdir={d}/gan_run"],
      f"error: workdir checkpoint {STEPS} in " "{d}/gan_run/checkpoints has experiment='gan', this run has 'classifier'"),
-    ("resume with another batch size", "main", GAN + ["--workdir={d}/gan_run", "--config.batch_size=16"],
+    ("resume with another batch size", "main", RUN + ["--workdir={d}/gan_run", "--config.batch_size=16"],
      f"error: workdir checkpoint {STEPS} in " "{d}/gan_run/checkpoints was trained with batch_size=8 (now 16): resuming "
      "with other values changes the run's trajectory"),
-    ("resume with another seed and loss", "main", GAN + ["--workdir={d}/gan_run", "--config.seed=1",
+    ("resume with another seed and loss", "main", RUN + ["--workdir={d}/gan_run", "--config.seed=1",
                                                           "--config.loss=hinge"],
      f"error: workdir checkpoint {STEPS} in " "{d}/gan_run/checkpoints was trained with loss='nonsaturating' (now "
      "'hinge'), seed=0 (now 1)"),
-    ("checkpoint with other shapes", "main", GAN + ["--workdir={d}/gan_run", "--config.model.g_features=16"],
+    ("checkpoint with other shapes", "main", RUN + ["--workdir={d}/gan_run", "--config.model.g_features=16"],
      f"error: workdir checkpoint {STEPS} in " "{d}/gan_run/checkpoints does not fit this config"),
-    ("corrupt checkpoints, no good one", "main", GAN + ["--workdir={d}/all_damaged"],
+    ("corrupt checkpoints, no good one", "main", RUN + ["--workdir={d}/all_damaged"],
      "error: no loadable checkpoint in {d}/all_damaged/checkpoints "
      f"(steps {[STEPS - 2 * EVERY, STEPS - EVERY, STEPS]} are all damaged)"),
     ("init weights missing", "main", CLF + ["--config.init.weights={d}/none.msgpack"],
