@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import checkpoint_steps, start, wait_for
+from tests.helpers import checkpoint_steps, compile_fast_env, start, wait_for
 from tlgan import pretrained, privacy
 
 # The small tanh CNN (the smoke ResNet18's per-example DP step compiles for ~40 s per process; the private study's
@@ -71,7 +71,7 @@ def test_a_private_gan_run_accounts_for_its_discriminator_and_writes_samples(tmp
   workdir = str(tmp_path / "gan")
   args = ["--config=configs/gan.py:private,smoke", "--config.data.name=digits", "--config.num_steps=6",
           "--config.eval.enabled=false"]
-  assert start(workdir, args).wait(timeout=600) == 0, open(workdir + ".log").read()[-3000:]
+  assert start(workdir, args, env=compile_fast_env()).wait(timeout=600) == 0, open(workdir + ".log").read()[-3000:]
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
   p = summary["privacy"]
