@@ -25,7 +25,7 @@ except ImportError:
   pass
 
 # The test processes themselves compile with LLVM at optimisation level 0: their programs are tiny and run a few
-# times, so compiling is most of their cost (37% less CPU for the compile-bound tests on 2 cores). The processes
+# times, so compiling is most of their cost (35% less CPU for the compile-bound tests on 2 cores). The processes
 # the tests start (the CLI, workers) get the caller's XLA_FLAGS unchanged and compile as a user's run does. XLA
 # reads XLA_FLAGS once, at its first compile: one trivial program is compiled here under the extended value, which
 # is then put back. JAX keys its cache by the XLA_FLAGS variable as it is at each compile, so these executables go
@@ -33,17 +33,17 @@ except ImportError:
 from tests.helpers import compile_fast_env  # noqa: E402
 
 _IN_PROCESS_CACHE = _CACHE + "-in-process"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  _given = os.environ.get("XLA_FLAGS")
-  os.environ["XLA_FLAGS"] = compile_fast_env()["XLA_FLAGS"]
-  import jax  # noqa: E402
-  if os.environ["JAX_COMPILATION_CACHE_DIR"] == _CACHE:
-    jax.config.update("jax_compilation_cache_dir", _IN_PROCESS_CACHE)
-  jax.jit(lambda x: x + 1)(0)
-  if _given is None:
-    del os.environ["XLA_FLAGS"]
-  else:
-    os.environ["XLA_FLAGS"] = _given
+_given = os.environ.get("XLA_FLAGS")
+os.environ["XLA_FLAGS"] = compile_fast_env()["XLA_FLAGS"]  # (a level already named stays)
+import jax  # noqa: E402
+
+if os.environ["JAX_COMPILATION_CACHE_DIR"] == _CACHE:
+  jax.config.update("jax_compilation_cache_dir", _IN_PROCESS_CACHE)
+jax.jit(lambda x: x + 1)(0)
+if _given is None:
+  del os.environ["XLA_FLAGS"]
+else:
+  os.environ["XLA_FLAGS"] = _given
 
 import pytest  # noqa: E402
 

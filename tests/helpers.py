@@ -150,6 +150,13 @@ GAN = ["--config=configs/gan.py:smoke", f"--config.num_steps={STEPS}", f"--confi
        "--config.data.split=train[:6000]"]
 
 
+def with_config(args, **fields):
+  """`args` with `--config.FIELD=VALUE` for each of `fields`, replacing one the args had: with_config(GAN,
+  num_steps=30)."""
+  given = tuple(f"--config.{field}=" for field in fields)
+  return [a for a in args if not a.startswith(given)] + [f"--config.{k}={v}" for k, v in fields.items()]
+
+
 def reference_run(tmp_path_factory, args=GAN) -> str:
   """The uninterrupted run (a module fixture's body): its workdir."""
   workdir = str(tmp_path_factory.mktemp("reference") / "run")

@@ -11,15 +11,14 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.helpers import GAN, checkpoint_steps, damage, reference_run, run_cli, tree_hash
+from tests.helpers import GAN, checkpoint_steps, damage, reference_run, run_cli, tree_hash, with_config
 
 pytestmark = pytest.mark.slow  # every row is a real CLI process
 
 # The finished run of the rows about checkpoints and sample export: the reliability tests' GAN run, cut to 30
 # steps with a checkpoint every 10 (its 1,500 steps are there to be hit mid-run; here they cost ~40 s for nothing).
 STEPS, EVERY = 30, 10
-RUN = [a for a in GAN if not a.startswith(("--config.num_steps=", "--config.checkpoint_every="))] + [
-    f"--config.num_steps={STEPS}", f"--config.checkpoint_every={EVERY}"]
+RUN = with_config(GAN, num_steps=STEPS, checkpoint_every=EVERY)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import (EVERY, GAN, STEPS, checkpoint_steps, damage, kill_then_finish, reference_run, run_cli,
-                           start, wait_for)
+                           start, wait_for, with_config)
 
 pytestmark = pytest.mark.slow  # real CLI runs in subprocesses: kills, signals, faults
 
@@ -88,7 +88,7 @@ def test_kill9_while_a_checkpoint_is_written_then_resume_is_exact(reference, tmp
 
 def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
   workdir = str(tmp_path / "run")
-  long_run = [a for a in GAN if not a.startswith("--config.num_steps=")] + ["--config.num_steps=100000"]
+  long_run = with_config(GAN, num_steps=100000)
   proc = start(workdir, long_run)  # still running whatever the second run's start-up costs; killed below
   wait_for(lambda: checkpoint_steps(workdir), proc)
   second = run_cli(f"--workdir={workdir}", *long_run)
@@ -178,8 +178,7 @@ def test_resuming_with_a_changed_config_logs_free_and_trajectory_changes_and_the
   refused, test_bad_input.)"""
   workdir = str(tmp_path / "run")
   shutil.copytree(reference, workdir)
-  longer = [a for a in GAN if not a.startswith("--config.num_steps=")]
-  result = run_cli(f"--workdir={workdir}", *longer, f"--config.num_steps={STEPS + 20}", "--config.batch_size=16",
+  result = run_cli(f"--workdir={workdir}", *with_config(GAN, num_steps=STEPS + 20, batch_size=16),
                    "--allow_config_change")
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stderr.splitlines()

@@ -1,28 +1,41 @@
 """tlgan.stopping in this process: a signal becomes a request that `check` turns into `Stopped`, handlers are
 restored after the block, and an ignored SIGHUP (nohup) stays ignored. Real processes: tests/test_signals.py."""
 
+import contextlib
 import os
 import signal
+import sys
+import threading
+import time
 
 import pytest
 
 from tlgan import stopping
 
 
+@contextlib.contextmanager
+def as_in_a_terminal(sig):
+  """SIGHUP as a terminal's process has it (default action), even when the suite runs under nohup; put back
+  after."""
+  previous = signal.signal(sig, signal.SIG_DFL) if sig == signal.SIGHUP else None
+  try:
+    yield
+  finally:
+    if previous is not None:
+      signal.signal(sig, previous)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_is_a_request_that_check_raises(sig):
-  if sig == signal.SIGHUP:  # as in a terminal, even when the suite runs under nohup
-    ignored = signal.signal(sig, signal.SIG_DFL)
-  before = signal.getsignal(sig)
-  with stopping.handlers():
-    stopping.check("warming up")  # no request yet: nothing happens
-    os.kill(os.getpid(), sig)
-    assert stopping.requested() == sig.name
-    with pytest.raises(stopping.Stopped, match=f"{sig.name} received while evaluating"):
-      stopping.check("evaluating")
-  assert signal.getsignal(sig) == before  # the block's handlers are gone
-  if sig == signal.SIGHUP:
-    signal.signal(sig, ignored)
+  with as_in_a_terminal(sig):
+    before = signal.getsignal(sig)
+    with stopping.handlers():
+      stopping.check("warming up")  # no request yet: nothing happens
+      os.kill(os.getpid(), sig)
+      assert stopping.requested() == sig.name
+      with pytest.raises(stopping.Stopped, match=f"{sig.name} received while evaluating"):
+        stopping.check("evaluating")
+    assert signal.getsignal(sig) == before  # the block's handlers are gone
 
 
 def test_a_request_ends_with_its_block():
@@ -76,12 +89,6 @@ while True:
 def test_run_child_passes_a_stop_signal_on_once_and_returns_the_childs_status(tmp_path, sig):
   """A study that runs `experiments.main` as a child (experiments/gan_transfer.py): a stop signal to it reaches
   the child once (which saves and exits 3), in the child's own session, and the handlers are restored after."""
-  import sys
-  import threading
-  import time
-  if sig == signal.SIGHUP:  # as in a terminal, even when the suite runs under nohup
-    ignored = signal.signal(sig, signal.SIG_DFL)
-  before = signal.getsignal(sig)
   log = tmp_path / "signals"
 
   def signal_once_started():
@@ -90,11 +97,11 @@ def test_run_child_passes_a_stop_signal_on_once_and_returns_the_childs_status(tm
       time.sleep(0.02)
     os.kill(os.getpid(), sig)
 
-  threading.Thread(target=signal_once_started, daemon=True).start()
-  status = stopping.run_child([sys.executable, "-c", CHILD, str(log)])
-  assert status == 3
-  assert log.read_text().split() == [sig.name]
-  assert int((tmp_path / "signals.started").read_text()) != os.getsid(0)  # its own session
-  assert signal.getsignal(sig) == before
-  if sig == signal.SIGHUP:
-    signal.signal(sig, ignored)
+  with as_in_a_terminal(sig):
+    before = signal.getsignal(sig)
+    threading.Thread(target=signal_once_started, daemon=True).start()
+    status = stopping.run_child([sys.executable, "-c", CHILD, str(log)])
+    assert status == 3
+    assert log.read_text().split() == [sig.name]
+    assert int((tmp_path / "signals.started").read_text()) != os.getsid(0)  # its own session
+    assert signal.getsignal(sig) == before
