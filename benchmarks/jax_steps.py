@@ -97,15 +97,16 @@ def jax_gn_resnet18(batch_size: int, conv_impl: str) -> JaxStep:
                  _resnet_batch(batch_size))
 
 
-def jax_dp_resnet18(batch_size: int, conv_impl: str, microbatch: int = 0) -> JaxStep:
+def jax_dp_resnet18(batch_size: int, conv_impl: str, microbatch: int = 0, impl: str = "ghost") -> JaxStep:
   """DP-SGD on the GroupNorm ResNet18: per-example gradients clipped to 1, noise 1.0, every row real (the
-  Poisson batch at its expected size), per-example gradients in micro-batches of `microbatch` (0: all)."""
+  Poisson batch at its expected size), per-example gradient norms in micro-batches of `microbatch` (0: all),
+  clipping computed by `impl` (`tlgan.steps.private.clipped_grad_sum`)."""
   import functools
   from tlgan.steps import private
   step = functools.partial(private.train_step, clip_norm=1.0, noise_multiplier=1.0, expected_batch=batch_size,
-                           microbatch_size=microbatch or None)
+                           microbatch_size=microbatch or None, impl=impl)
   batch = {**_resnet_batch(batch_size), "mask": jnp.ones((batch_size,), bool)}
-  return JaxStep(f"DP-SGD GroupNorm ResNet18 32x32 (micro-batch {microbatch or batch_size})", step,
+  return JaxStep(f"DP-SGD GroupNorm ResNet18 32x32 ({impl}, micro-batch {microbatch or batch_size})", step,
                  _gn_resnet18_state(conv_impl), batch)
 
 

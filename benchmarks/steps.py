@@ -47,7 +47,9 @@ flags.DEFINE_integer("rounds", 5, "Alternating rounds (tlgan, then torch) per st
 flags.DEFINE_integer("steps_per_round", 4, "Timed steps per framework per round.")
 flags.DEFINE_string("conv_impl", "auto", "tlgan's convolution implementation: auto, xla or matmul.")
 flags.DEFINE_list("only", ["dcgan", "resnet18"], "Which steps to run (dcgan, resnet18, projected, dp_resnet18).")
-flags.DEFINE_integer("dp_microbatch", 32, "dp_resnet18: examples whose gradient norms are computed at once.")
+flags.DEFINE_integer("dp_microbatch", 0, "dp_resnet18: examples whose gradient norms are computed at once (0: all).")
+flags.DEFINE_enum("dp_impl", "ghost", ["ghost", "reweight", "materialize"],
+                  "dp_resnet18: how per-example clipping is computed (tlgan.steps.private.clipped_grad_sum).")
 flags.DEFINE_string("json_out", "", "Also write the rows as JSON to this file (benchmarks.xla_flags reads it).")
 FLAGS = flags.FLAGS
 
@@ -95,7 +97,7 @@ def main(_):
   load_before = os.getloadavg()[0]
   if FLAGS.against_torch:
     threads = torch_reference.torch.get_num_threads()
-  dp = lambda batch, impl: jax_dp_resnet18(batch, impl, FLAGS.dp_microbatch)
+  dp = lambda batch, conv_impl: jax_dp_resnet18(batch, conv_impl, FLAGS.dp_microbatch, FLAGS.dp_impl)
   builders = {"dcgan": (jax_dcgan, "TorchDCGAN"), "resnet18": (jax_resnet18, "TorchResNet18"),
               "projected": (jax_projected_gan, None),  # no PyTorch reference for the projected D
               "dp_resnet18": (dp, "TorchOpacusResNet18")}

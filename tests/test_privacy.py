@@ -139,7 +139,7 @@ def test_clipped_gradient_sum_equals_an_explicit_per_example_loop():
   per_example = [example_grad(state.params, batch["image"][i], batch["label"][i]) for i in real]
   clipped = jax.jit(lambda state, batch, clip, impl, micro: private.clipped_grad_sum(
       state, batch, clip_norm=clip, impl=impl, microbatch_size=micro), static_argnums=(3, 4))
-  for clip, impl, micro in ((1e-3, "reweight", None), (0.5, "reweight", 2), (1e6, "reweight", 3),
+  for clip, impl, micro in ((1e-3, "ghost", None), (0.5, "ghost", 2), (1e6, "ghost", 3), (0.5, "reweight", 2),
                             (0.5, "materialize", None), (1e6, "materialize", 2)):  # all / some / none clipped
     grads, losses, correct, norms = clipped(state, batch, clip, impl, micro)
     expected = jax.tree.map(jnp.zeros_like, state.params)
@@ -346,11 +346,11 @@ def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
   config = private_config.get_config("digits,smoke")
   config.dp.delta = 0.01
   with pytest.raises(ConfigError, match=r"dp.delta=0.01 is not below 1/N = 0.000795 \(N = 1258 training examples\)"):
-    private_trainer.plan(config, dataset_size=1258, total_steps=6, trainable_params=1000)
+    private_trainer.plan(config, dataset_size=1258, total_steps=6, largest_trainable=1000)
   config = private_config.get_config("digits,smoke")
   config.dp.target_epsilon, config.dp.noise_multiplier, config.dp.max_epsilon = 0.0, 0.5, 0.5
   with pytest.raises(ConfigError, match=r"6 steps reach epsilon .* > dp.max_epsilon=0.5 .*: train at most \d+ steps"):
-    private_trainer.plan(config, dataset_size=1258, total_steps=6, trainable_params=1000)
+    private_trainer.plan(config, dataset_size=1258, total_steps=6, largest_trainable=1000)
   # a private GAN: BatchNorm heads on a projected D, and a trunk trained on the private data itself
   from configs import gan as gan_config
   from tlgan import pretrained
@@ -387,4 +387,4 @@ def test_a_stop_asked_while_the_accounting_is_computed_ends_there(monkeypatch):
   config = private_config.get_config("digits,smoke")
   monkeypatch.setattr(stopping, "_requested", "SIGTERM")
   with pytest.raises(stopping.Stopped, match="SIGTERM received while computing the privacy accounting"):
-    private_trainer.plan(config, dataset_size=1258, total_steps=6, trainable_params=1000)
+    private_trainer.plan(config, dataset_size=1258, total_steps=6, largest_trainable=1000)

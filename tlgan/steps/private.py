@@ -5,10 +5,12 @@
     state, metrics = jax.jit(step, donate_argnums=0)(state, batch, rng)   # batch: image, label, mask
 
 The batch is a padded truncated Poisson sample (`tlgan.privacy.poisson_batch`): rows with mask False
-contribute nothing. The sum of per-example clipped gradients is computed without summing a (batch x parameters)
-array: per-example gradient norms (vmap, in micro-batches of `microbatch_size` when memory demands), then one
-batched gradient of the clip-weighted loss (`clipped_grad_sum`, checked against `jax_privacy.clipped_grad`, which
-materialises per-example gradients, and against an explicit loop). A padding row or a row whose gradient is
+contribute nothing. The sum of per-example clipped gradients is computed without any per-example gradient:
+per-example gradient norms from one batched backward pass (`ghost_norms`: each layer's share from its inputs and
+output gradients; vmapped per-example gradients for a layer it has no rule for; in micro-batches of
+`microbatch_size` when memory demands), then one batched gradient of the clip-weighted loss (`clipped_grad_sum`,
+checked against `jax_privacy.clipped_grad`, which materialises per-example gradients, and against an explicit
+loop). A padding row or a row whose gradient is
 not finite contributes exactly zero, so the sensitivity stays C whatever the data.
 Only the trainable parameters (not the 'frozen' group of `steps.classifier.make_optimizer`, e.g. a linear
 probe's backbone) get per-example gradients and noise. The noise is a function of (rng, step): a resumed run
@@ -21,6 +23,7 @@ in training mode) is refused.
 
 from typing import Dict, Optional, Tuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,6 +32,7 @@ from flax import traverse_util
 from tlgan import param_groups
 from tlgan.models import initializers
 from tlgan.steps import classifier as clf
+from tlgan.steps import ghost_norms
 
 NOISE_TAG = 0xD1F  # keeps the noise stream apart from other streams folded from the same rng
 
@@ -54,7 +58,8 @@ def gaussian_noise(rng, step, tree, std):
                             for k, x in zip(keys, leaves)])
 
 
-IMPLS = ("reweight", "materialize")
+IMPLS = ("ghost", "reweight", "materialize")
+NORM_METHODS = ("ghost", "vmap")
 
 
 def _example_losses(state: clf.ClassifierState, frozen, trainable, images, labels):
@@ -66,35 +71,47 @@ def _example_losses(state: clf.ClassifierState, frozen, trainable, images, label
           (jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
 
-def per_example_grad_norms(example_losses, params, inputs, real, microbatch_size=None):
+def per_example_grad_norms(example_losses, params, inputs, real, microbatch_size=None, method: str = "ghost"):
   """||grad of example i's loss|| for every row of `inputs` (a pytree of arrays with a leading batch axis);
-  `example_losses(params, inputs) -> (losses (N,), aux)`. In micro-batches of `microbatch_size` (vmap inside,
-  chunks in sequence; chunks with no real row are skipped)."""
+  `example_losses(params, inputs) -> (losses (N,), aux)`. method 'ghost': `ghost_norms` (one batched backward
+  pass), falling back to 'vmap' (vmapped per-example gradients) for a model it has no rule for. In micro-batches
+  of `microbatch_size` (chunks in sequence; chunks with no real row are skipped)."""
+  if method not in NORM_METHODS:
+    raise ValueError(f"method must be one of {NORM_METHODS}, got {method!r}")
+
   def norm_of(example):
     loss = lambda p: example_losses(p, jax.tree.map(lambda x: x[None], example))[0][0]
     return optax.global_norm(jax.grad(loss)(params))
 
+  def norms_of(chunk):
+    if method == "ghost":
+      try:
+        return ghost_norms.per_example_grad_norms(example_losses, params, chunk)
+      except ghost_norms.Unsupported as e:
+        logging.warning("per-example gradient norms from vmapped per-example gradients (slower): %s", e)
+    return jax.vmap(norm_of)(chunk)
+
   n = real.shape[0]
   size = microbatch_size or n
   if size >= n:
-    return jax.vmap(norm_of)(inputs)
+    return norms_of(inputs)
   chunks = lambda x: x.reshape(n // size, size, *x.shape[1:])
 
   def chunk_norms(args):
     example_chunk, r = args
-    return jax.lax.cond(jnp.any(r), lambda: jax.vmap(norm_of)(example_chunk),
-                        lambda: jnp.zeros((size,), jnp.float32))
+    return jax.lax.cond(jnp.any(r), lambda: norms_of(example_chunk), lambda: jnp.zeros((size,), jnp.float32))
   return jax.lax.map(chunk_norms, (jax.tree.map(chunks, inputs), chunks(real))).reshape(n)
 
 
-def reweighted_clipped_sum(example_losses, params, inputs, real, *, clip_norm, microbatch_size=None):
+def reweighted_clipped_sum(example_losses, params, inputs, real, *, clip_norm, microbatch_size=None,
+                           norms_method: str = "ghost"):
   """(sum over real rows of per-example gradients clipped to `clip_norm`, per-example losses, aux, norms).
 
   Per-example gradient norms first, then ONE batched gradient of sum_i c_i loss_i with c_i = min(1, C/||g_i||)
   held constant: that is sum_i c_i g_i because example i's loss depends on no other example (the models DP-SGD
   accepts never mix examples; `example_losses` must not either). A padding row, or a row whose norm is not
   finite, gets c_i = 0 and zeroed inputs in the batched pass: it contributes exactly nothing."""
-  norms = per_example_grad_norms(example_losses, params, inputs, real, microbatch_size)
+  norms = per_example_grad_norms(example_losses, params, inputs, real, microbatch_size, norms_method)
   ok = real & jnp.isfinite(norms)
   scale = jnp.where(ok, jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-30)), 0.0)
   safe = jax.tree.map(lambda x: jnp.where(ok.reshape(-1, *([1] * (x.ndim - 1))), x, jnp.zeros_like(x)), inputs)
@@ -108,12 +125,13 @@ def reweighted_clipped_sum(example_losses, params, inputs, real, *, clip_norm, m
 
 
 def clipped_grad_sum(state: clf.ClassifierState, batch, *, clip_norm: float, mode: str = "full",
-                     microbatch_size: Optional[int] = None, impl: str = "reweight"):
+                     microbatch_size: Optional[int] = None, impl: str = "ghost"):
   """(sum over real examples of per-example gradients clipped to `clip_norm` (a flat dict of the trainable
   parameters), per-example losses, per-example correctness, per-example gradient norms before clipping).
 
-  impl='reweight' (default): `reweighted_clipped_sum`; per-example gradients are never summed as a
-  (batch x parameters) array: 4x faster than materialising them for ResNet18 at batch 128 on a 2-core CPU.
+  impl='ghost' (default): `reweighted_clipped_sum` with norms from `ghost_norms`: no per-example gradient at all.
+  impl='reweight': the same with norms from vmapped per-example gradients (never summed as a (batch x
+  parameters) array: 4x faster than materialising them for ResNet18 at batch 128 on a 2-core CPU).
   impl='materialize': jax_privacy's `clipped_grad` (per-example gradients, clipped and summed): the reference.
   """
   if impl not in IMPLS:
@@ -135,13 +153,14 @@ def clipped_grad_sum(state: clf.ClassifierState, batch, *, clip_norm: float, mod
 
   example_losses = lambda t, ex: _example_losses(state, frozen, t, ex["image"], ex["label"])
   return reweighted_clipped_sum(example_losses, trainable, {"image": images, "label": labels}, real,
-                                clip_norm=clip_norm, microbatch_size=microbatch_size)
+                                clip_norm=clip_norm, microbatch_size=microbatch_size,
+                                norms_method="ghost" if impl == "ghost" else "vmap")
 
 
 def train_step(state: clf.ClassifierState, batch: Dict[str, jax.Array], rng: jax.Array,
                axis_name: Optional[str] = None, *, clip_norm: float, noise_multiplier: float,
                expected_batch: float, mode: str = "full", microbatch_size: Optional[int] = None,
-               impl: str = "reweight") -> Tuple[clf.ClassifierState, Dict[str, jax.Array]]:
+               impl: str = "ghost") -> Tuple[clf.ClassifierState, Dict[str, jax.Array]]:
   """One DP-SGD update of a classifier on a padded Poisson batch (`batch['mask']` marks the real rows).
 
   Args:
@@ -155,7 +174,7 @@ def train_step(state: clf.ClassifierState, batch: Dict[str, jax.Array], rng: jax
     expected_batch: q * N, the divisor of the noisy sum.
     mode: 'full' or 'linear_probe' (which parameters get per-example gradients).
     microbatch_size: examples per vmap (None: the whole batch at once).
-    impl: how per-example clipping is computed ('reweight' or 'materialize': see `clipped_grad_sum`).
+    impl: how per-example clipping is computed ('ghost', 'reweight' or 'materialize': see `clipped_grad_sum`).
   """
   if state.bn_train:
     raise ValueError("DP-SGD with BatchNorm in training mode mixes examples (batch statistics of private data): "

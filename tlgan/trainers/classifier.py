@@ -288,8 +288,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state, not_loaded = build_state(config, num_classes, total_steps, epoch_steps, axis_name=par.axis_name)
   dp_plan = None
   if dp_run:
-    trainable = private.trainable_parameters(state.params, config.mode)
-    dp_plan = private.plan(config, dataset_size=n_train, total_steps=total_steps, trainable_params=trainable)
+    dp_plan = private.plan(config, dataset_size=n_train, total_steps=total_steps,
+                           largest_trainable=private.largest_trainable(state.params, config.mode))
     sizes = parallel.batch_sizes(dp_plan.dp.max_batch)
   checkpointer = Checkpointer(
       os.path.join(workdir, "checkpoints"),

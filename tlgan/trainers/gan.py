@@ -254,9 +254,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   dp_plan = None
   if dp_run:
     images = private_training_images(config)
-    d_params = sum(int(np.size(x)) for k, v in state.d_params.items() if k != private_gan.FROZEN  # what learns
-                   for x in jax.tree.leaves(v))
-    dp_plan = private.plan(config, dataset_size=len(images), total_steps=config.num_steps, trainable_params=d_params)
+    largest = max(int(np.size(x)) for k, v in state.d_params.items() if k != private_gan.FROZEN  # what learns
+                  for x in jax.tree.leaves(v))
+    dp_plan = private.plan(config, dataset_size=len(images), total_steps=config.num_steps, largest_trainable=largest)
     sizes = parallel.batch_sizes(dp_plan.dp.max_batch)
     batches = private.batches(images, np.zeros(len(images), np.int32), dp_plan, seed=config.seed, start_step=start,
                               map_fn=streaming.gan_preprocessing)

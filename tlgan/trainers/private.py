@@ -32,7 +32,9 @@ def numbers():
 
 SAMPLING = "truncated Poisson (each example with probability q, at most max_batch kept)"
 ACCOUNTANT = "PLD (dp_accounting, TruncatedSubsampledGaussianDpEvent), add-or-remove-one"
-MICROBATCH_BYTES = 2**29  # per-example gradients held at once, when dp.microbatch is 0 (auto)
+# dp.microbatch 0 (auto): examples per pass of per-example gradient norms such that the largest per-example
+# array the pass holds (one layer's per-example kernel gradient, `tlgan.steps.ghost_norms`) stays within this
+MICROBATCH_BYTES = 2**29
 
 
 def enabled(config) -> bool:
@@ -104,7 +106,7 @@ def default_delta(dataset_size: int) -> float:
   return 10.0 ** math.floor(math.log10(1.0 / dataset_size) - 1e-12)
 
 
-def plan(config, *, dataset_size: int, total_steps: int, trainable_params: int) -> Plan:
+def plan(config, *, dataset_size: int, total_steps: int, largest_trainable: int) -> Plan:
   """The run's privacy parameters; refuses, in one line, a run that would exceed `dp.max_epsilon`."""
   d = config.dp
   devices = jax.device_count()  # over all processes: each holds the whole set, samples the same batch, keeps its rows
@@ -131,14 +133,14 @@ def plan(config, *, dataset_size: int, total_steps: int, trainable_params: int) 
                         f"{delta:g}): train at most {steps_within(dp, d.max_epsilon, total_steps)} steps, or raise "
                         "the noise (dp.noise_multiplier, or dp.target_epsilon to calibrate it)")
   per_device = max_batch // devices
-  microbatch = d.microbatch or _auto_microbatch(per_device, trainable_params)
+  microbatch = d.microbatch or _auto_microbatch(per_device, largest_trainable)
   if per_device % microbatch:
     raise ConfigError(f"dp.microbatch={microbatch} does not divide the {per_device} examples per device "
                       f"(dp.max_batch {max_batch} / {devices} devices): choose a divisor, or 0 (automatic)")
   result = Plan(dp=dp, clip_norm=float(d.clip_norm), microbatch=None if microbatch == per_device else microbatch,
                 calibrated=bool(d.target_epsilon))
   logging.info("DP-SGD: N=%d, q=%.5f (expected batch %g, at most %d), sigma=%.4f%s, C=%g, delta=%g; after %d steps "
-               "epsilon=%.3f; per-example gradients in micro-batches of %d", dataset_size, dp.sampling_probability,
+               "epsilon=%.3f; per-example gradient norms in micro-batches of %d", dataset_size, dp.sampling_probability,
                dp.expected_batch, max_batch, sigma, " (calibrated)" if d.target_epsilon else "", d.clip_norm, delta,
                total_steps, dp.epsilon(total_steps), microbatch)
   if sigma == 0:
@@ -156,15 +158,15 @@ def steps_within(dp: privacy.DpSgd, budget: float, upper: int) -> int:
   return low
 
 
-def _auto_microbatch(per_device: int, trainable_params: int) -> int:
-  cap = max(1, MICROBATCH_BYTES // (4 * max(trainable_params, 1)))
+def _auto_microbatch(per_device: int, largest_trainable: int) -> int:
+  cap = max(1, MICROBATCH_BYTES // (4 * max(largest_trainable, 1)))
   return max(d for d in range(1, per_device + 1) if per_device % d == 0 and d <= cap)
 
 
-def trainable_parameters(params, mode: str) -> int:
-  """How many parameters get per-example gradients in `mode`."""
+def largest_trainable(params, mode: str) -> int:
+  """The size of the largest array that gets per-example gradients in `mode` (what `plan` bounds)."""
   mask = private_step.trainable_mask(params, mode)
-  return int(sum(np.size(p) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m))
+  return max((int(np.size(p)) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m), default=0)
 
 
 def step_fn(plan_: Plan, mode: str) -> Callable:
