@@ -68,9 +68,10 @@ def gan_results():
           for mode in ("jit", "pmap")}
 
 
-def classifier_config(mode="full"):
+def classifier_config(mode="full", arch="resnet18"):
   config = transfer.get_config("smoke")
   config.mode = mode
+  config.model.arch = arch
   config.batch_size = GLOBAL_BATCH
   config.optim.warmup_epochs = 0.0
   # The CIFAR stem keeps layer4 at 4x4: with the ImageNet stem a 32x32 image reaches it as 1x1, BatchNorm there
@@ -91,9 +92,9 @@ def classifier_results():
   for par_mode in ("jit", "pmap"):
     final, _ = run(par_mode, build, clf.train_step, batches)
     out[f"classifier_full_{par_mode}"] = compare(final, single[0], single[1], ("params", "batch_stats"))
-  # Gradient accumulation under pmap vs the whole batch on one device, with the BatchNorm frozen (a linear
-  # probe), where accumulation must equal the whole batch.
-  config = classifier_config("linear_probe")
+  # Gradient accumulation under pmap vs the whole batch on one device, where accumulation must equal the whole
+  # batch: a linear probe of the small tanh CNN (no BatchNorm; two compiles of it take seconds, of ResNet18 ~30 s).
+  config = classifier_config("linear_probe", "tanh_cnn")
   single = run("single", build, clf.train_step, batches)
   accumulated = lambda s, b, r, axis_name=None: clf.train_step(s, b, r, axis_name, accum_steps=2)
   final, _ = run("pmap", build, accumulated, batches)
@@ -103,7 +104,7 @@ def classifier_results():
 
 def eval_results():
   """Masked evaluation of 37 examples in batches of 16 over all devices: every example counted once."""
-  config = classifier_config()
+  config = classifier_config(arch="tanh_cnn")
   state, _ = clf_trainer.build_state(config, 10, 100, 10, log=False)
   rng = np.random.default_rng(2)
   images = rng.integers(0, 256, (37, 32, 32, 3)).astype(np.uint8)
