@@ -18,8 +18,10 @@ the modules' own code; the weight gradients of the batched pass are never asked 
 
 The trainable parameters are recognised by identity (the arrays `params` holds, as `example_losses` passes them to
 `apply`). Anything the rules do not cover exactly raises `Unsupported` at trace time (`tlgan.steps.private`
-then computes the norms from vmapped per-example gradients): a trainable parameter in a module of another kind, a module called twice (shared weights), a
-convolution with dilation, groups or non-zero padding modes.
+then computes the norms from vmapped per-example gradients): a trainable parameter in a module of another kind,
+a module called twice (shared weights), a convolution with dilation, groups or circular padding, a module whose
+input or output does not have the batch's rows as its leading axis. (A module fed rows of the batch in another
+order would go unnoticed: tlgan's models, like any DP-SGD model, keep axis 0 the example.)
 """
 
 from typing import Callable, List, Optional, Sequence, Tuple
