@@ -213,6 +213,18 @@ class _StopVote:
     return None
 
 
+IN_FLIGHT = 2  # steps queued ahead of the device at most
+
+
+def _limit_in_flight(pending) -> None:
+  """After dispatching step k, waits until step k - IN_FLIGHT is done. JAX dispatches asynchronously: unbounded,
+  a whole log window of steps queues up, and a stop signal or a checkpoint waits for all of it (2 min 46 s after
+  SIGTERM for a private projected GAN at 3.5 s per step, log_every 50, on a 2-core CPU). Two in flight keep the
+  device busy while Python prepares the next batch."""
+  if len(pending) > IN_FLIGHT:
+    jax.block_until_ready(pending[-IN_FLIGHT - 1][1])
+
+
 def _check_finite(pending) -> None:
   """Raises NonFiniteError naming the first step and metric of [(step, metrics)] that is NaN or Inf."""
   fetched = jax.device_get([m for _, m in pending])
@@ -308,6 +320,7 @@ def _train(*, state, compiled, batch, batches, rng, par, config, workdir: str, c
       step += 1
       window_steps += 1
       pending.append((step, metrics))
+      _limit_in_flight(pending)
       progress.update(1)
       due = [hook for every, hook in hooks if step == num_steps or step % every == 0]
       if due:  # hooks read the state: make sure it is finite first (this syncs, as the hooks would)
