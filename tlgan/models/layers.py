@@ -65,12 +65,18 @@ def conv2d(x, kernel, stride: Pair, padding: Pair, impl: str = "auto", precision
   if kh == kw == 1 and ph == pw == 0:
     patches = x[:, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw, :]
   else:
-    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    # Patch feature order (a, b, c) matches kernel.reshape(kh * kw * cin, cout).
-    patches = jnp.concatenate(
-        [xp[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :]
-         for a in range(kh) for b in range(kw)], axis=-1)
+    patches = extract_patches(x, (kh, kw), (sh, sw), ((ph, ph), (pw, pw)))
   return _dot(patches, kernel.reshape(kh * kw * cin, cout), precision)
+
+
+def extract_patches(x, kernel_size: Pair, strides: Pair, pads) -> jax.Array:
+  """(N, Ho, Wo, kh*kw*C): the rows a convolution kernel multiplies, zero padding `pads` ((top, bottom), (left,
+  right)). Feature order (a, b, c) matches kernel.reshape(kh * kw * cin, cout)."""
+  (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = kernel_size, strides, pads
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  return jnp.concatenate([xp[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :]
+                          for a in range(kh) for b in range(kw)], axis=-1)
 
 
 def conv_transpose2d(x, kernel, stride: Pair, padding: Pair, impl: str = "auto", precision=None):

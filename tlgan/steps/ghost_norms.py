@@ -24,7 +24,7 @@ input or output does not have the batch's rows as its leading axis. (A module fe
 order would go unnoticed: tlgan's models, like any DP-SGD model, keep axis 0 the example.)
 """
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -55,15 +55,6 @@ def kernel_sq_norms(p, g):
 
 def _bias_sq(g):
   return jnp.sum(jnp.square(jnp.sum(g, 1)), -1)
-
-
-def _patches(x, kernel_size: Tuple[int, int], strides: Tuple[int, int], pads) -> jax.Array:
-  """(N, Ho, Wo, kh*kw*C) rows a convolution kernel multiplies (feature order irrelevant to a norm)."""
-  (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = kernel_size, strides, pads
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-  return jnp.concatenate([xp[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :]
-                          for a in range(kh) for b in range(kw)], axis=-1)
 
 
 def _flax_conv_geometry(m: nn.Conv, x) -> Optional[tuple]:
@@ -123,16 +114,14 @@ def _layer_rule(m: nn.Module, x, names: Sequence[str]) -> Optional[Callable]:
   if type(m) is layers.Conv:  # not ConvTranspose (a subclass): no rule for it
     geometry = (layers._pair(m.kernel_size), layers._pair(m.strides), tuple((p, p) for p in layers._pair(m.padding)))
   elif type(m) is nn.Conv:
-    if m.padding == "CIRCULAR" or m.padding == "CAUSAL":
-      return None
-    geometry = _flax_conv_geometry(m, x)
+    geometry = _flax_conv_geometry(m, x)  # None for dilations, groups, 'CIRCULAR' or 'CAUSAL' padding
     if geometry is None:
       return None
   else:
     return None
 
   def conv_rule(x, g):
-    p, gf = _as_rows(_patches(x, *geometry), g)
+    p, gf = _as_rows(layers.extract_patches(x, *geometry), g)
     return kernel_sq_norms(p, gf) * ("kernel" in names) + _bias_sq(gf) * ("bias" in names)
   return conv_rule
 
