@@ -31,6 +31,9 @@ CONV_CASES = [
     ((2, 2, 2, 8), (3, 3, 8, 16), 2, 1),
     ((2, 1, 1, 8), (3, 3, 8, 8), 1, 1),
     ((2, 3, 3, 8), (1, 1, 8, 16), 2, 0),
+    ((2, 8, 7, 4), (1, 1, 4, 6), 2, 0),  # the last input row/column unread
+    ((2, 1, 2, 4), (4, 4, 4, 6), 1, 2),  # kernel taps that meet only padding, on one axis more than the other
+    ((2, 1, 1, 3), (1, 1, 3, 4), 1, 1),  # outputs on padding only
 ]
 CONVT_CASES = [
     ((2, 7, 7, 16), (4, 4, 16, 8), 2, 1),
@@ -95,18 +98,58 @@ def test_conv_transpose_matmul_equals_lax(x_shape, w_shape, stride, pad):
   _compare(lambda x, w: layers.conv_transpose2d(x, w, stride, pad, impl="xla"), ref, x, w)
 
 
+def test_taps_that_meet_only_padding_are_not_computed():
+  # A 3x3 kernel on a 1x1 map multiplies only its centre with real input; the others meet zero padding.
+  # (Their values and gradients are checked by test_conv_matmul_equals_lax on the same shapes.)
+  def contracted(x_shape, w_shape, stride, pad):
+    jaxpr = jax.make_jaxpr(lambda x, w: layers.conv2d(x, w, stride, pad, impl="matmul"))(
+        jnp.ones(x_shape), jnp.ones(w_shape))
+    (dot,) = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    return dot.invars[1].aval.shape[0]
+  assert contracted((2, 1, 1, 8), (3, 3, 8, 4), 1, 1) == 8
+  assert contracted((2, 2, 2, 8), (3, 3, 8, 4), 2, 1) == 4 * 8  # stride 2: the 2x2 taps at the bottom right
+  assert contracted((2, 8, 8, 8), (3, 3, 8, 4), 1, 1) == 9 * 8
+
+
+POOL_CASES = [((3, 18, 17, 5), 3, 2, 1), ((2, 16, 16, 4), 3, 2, 1), ((2, 9, 11, 3), 2, 2, 0), ((2, 8, 8, 3), 3, 1, 1)]
+
+
+@pytest.mark.parametrize("shape,window,stride,pad", POOL_CASES)
+def test_max_pool_slices_equal_reduce_window_and_torch(shape, window, stride, pad):
+  torch = pytest.importorskip("torch")
+  k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+  x = jnp.round(jax.random.normal(k1, shape) * 2) / 2  # coarse values: many windows with tied maxima
+  x = jnp.where(jax.random.uniform(k2, shape) < 0.3, 0.0, x)  # and ReLU-like zeros
+  fns = {impl: (lambda x, impl=impl: layers.max_pool2d(x, window, stride, pad, impl=impl)) for impl in ("xla", "matmul")}
+  y_ref, vjp_ref = jax.vjp(jax.jit(fns["xla"]), x)
+  y, vjp = jax.vjp(jax.jit(fns["matmul"]), x)
+  g = jax.random.normal(k3, y.shape)
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+  dx = np.asarray(vjp(g)[0])
+  np.testing.assert_allclose(dx, np.asarray(vjp_ref(g)[0]), rtol=1e-6, atol=1e-6)
+  # torch.nn.MaxPool2d's gradient, in float64: also the first maximum of each window
+  xt = torch.tensor(np.asarray(x, np.float64).transpose(0, 3, 1, 2), requires_grad=True)
+  torch.nn.functional.max_pool2d(xt, window, stride, pad).backward(torch.tensor(np.asarray(g, np.float64)
+                                                                               .transpose(0, 3, 1, 2)))
+  np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-6)
+  assert (dx != 0).sum() > 0 and np.isfinite(dx).all()
+
+
 def test_auto_keeps_xla_off_cpu(monkeypatch):
   x, w = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
   # Fresh functions for every trace: jax caches traces by function, and the backend is read while tracing.
   primitives = lambda f: {e.primitive.name for e in jax.make_jaxpr(lambda x, w: f(x, w))(x, w).eqns}
   conv = lambda x, w: layers.conv2d(x, w, 1, 1, impl="auto")
   conv_t = lambda x, w: layers.conv_transpose2d(x, w[:2, :2], 2, 0, impl="auto")
+  pool = lambda x, w: layers.max_pool2d(x, 3, 2, 1, impl="auto")
   for backend in ("gpu", "tpu"):
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     assert layers.resolve_impl("auto") == "xla"
     assert "conv_general_dilated" in primitives(conv) and "conv_general_dilated" in primitives(conv_t)
+    assert "reduce_window_max" in primitives(pool)
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   assert layers.resolve_impl("auto") == "matmul"
   assert "conv_general_dilated" not in primitives(conv) | primitives(conv_t)
+  assert "reduce_window_max" not in primitives(pool)
   with pytest.raises(ValueError, match="conv impl"):
     layers.resolve_impl("cudnn")

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from tlgan.models import initializers
-from tlgan.models.layers import Conv, GroupNorm
+from tlgan.models.layers import Conv, GroupNorm, max_pool2d
 
 STEMS = ("imagenet", "cifar")
 # Normalisation layers: 'batch' (torchvision's; batch statistics in training), 'frozen_batch' (BatchNorm always in
@@ -81,12 +81,6 @@ class BatchNorm(nn.Module):
         ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
     y = (x.astype(jnp.float32) - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
     return y.astype(self.dtype or x.dtype)
-
-
-def max_pool_torch(x, window: int = 3, stride: int = 2, padding: int = 1):
-  """torch.nn.MaxPool2d(3, 2, 1): padding with -inf, so padded cells never win."""
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
-                           ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
 class BasicBlock(nn.Module):
@@ -169,7 +163,7 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name="bn1")(x))
       self.sow("intermediates", "stem", x)
       outputs = {"stem": x}
-      x = max_pool_torch(x)
+      x = max_pool2d(x, 3, 2, 1, impl=self.conv_impl)  # torch.nn.MaxPool2d(3, 2, 1)
     else:
       x = conv(self.width, (3, 3), (1, 1), (1, 1), name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
