@@ -1,5 +1,6 @@
 """tlgan's training steps as benchmark subjects: compiled ahead of time, with their XLA cost analysis."""
 
+import os
 import statistics
 import time
 
@@ -30,6 +31,15 @@ class JaxStep:
     self.state, metrics = self.compiled(self.state, self.batch, self.rng)
     jax.block_until_ready(metrics)
     return time.perf_counter() - t
+
+
+def load_note(before: float, after: float) -> str:
+  """The 1-minute load average before and after, and whether the machine looked busy (another job's threads
+  on the cores skew the ratios: contention hurts PyTorch's threads more than XLA's)."""
+  cores = os.cpu_count() or 1
+  busy = max(before, after) > 0.5 * cores + 1.0  # the benchmark itself raises it to ~cores
+  return (f"load average (1 min) {before:.2f} before, {after:.2f} after on {cores} CPUs: "
+          + ("BUSY: another job shared the machine, the ratios are not quiet-machine numbers" if busy else "quiet"))
 
 
 def measure(jax_step, torch_step, rounds: int, per_round: int):

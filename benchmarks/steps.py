@@ -39,7 +39,7 @@ import jax.numpy as jnp
 
 from tlgan import reporting
 from benchmarks.jax_steps import (jax_dcgan, jax_dp_resnet18, jax_gn_resnet18, jax_projected_gan, jax_resnet18,
-                                  measure)
+                                  load_note, measure)
 
 flags.DEFINE_bool("against_torch", False, "Also run the PyTorch eager reference (needs the [torch] extra).")
 flags.DEFINE_integer("batch_size", 128, "Batch size of both steps.")
@@ -82,15 +82,6 @@ def _timed(fn) -> float:
 
 
 # -------------------------------------------------------------------------------------------------- report
-
-
-def load_note(before: float, after: float) -> str:
-  """The 1-minute load average before and after, and whether the machine looked busy (another job's threads
-  on the cores skew the ratios: contention hurts PyTorch's threads more than XLA's)."""
-  cores = os.cpu_count() or 1
-  busy = max(before, after) > 0.5 * cores + 1.0  # the benchmark itself raises it to ~cores
-  return (f"load average (1 min) {before:.2f} before, {after:.2f} after on {cores} CPUs: "
-          + ("BUSY: another job shared the machine, the ratios are not quiet-machine numbers" if busy else "quiet"))
 
 
 def main(_):

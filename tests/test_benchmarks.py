@@ -1,13 +1,13 @@
-"""The benchmark scripts' own logic (not their timings): the busy-machine note of benchmarks.steps, and the
+"""The benchmark scripts' own logic (not their timings): the busy-machine note of benchmarks.steps (and profile_steps), and the
 table benchmarks.xla_flags assembles from its runs."""
 
-from benchmarks import steps, xla_flags
+from benchmarks import jax_steps, xla_flags
 
 
 def test_load_note_says_when_another_job_shared_the_machine(monkeypatch):
-  monkeypatch.setattr(steps.os, "cpu_count", lambda: 2)
-  assert steps.load_note(0.1, 1.9).endswith("quiet")  # the benchmark alone raises it to ~the core count
-  assert "BUSY" in steps.load_note(2.6, 1.0) and "BUSY" in steps.load_note(0.2, 3.1)
+  monkeypatch.setattr(jax_steps.os, "cpu_count", lambda: 2)
+  assert jax_steps.load_note(0.1, 1.9).endswith("quiet")  # the benchmark alone raises it to ~the core count
+  assert "BUSY" in jax_steps.load_note(2.6, 1.0) and "BUSY" in jax_steps.load_note(0.2, 3.1)
 
 
 def test_xla_flags_table_ratios_and_failures(monkeypatch, capsys):
@@ -29,3 +29,27 @@ def test_xla_flags_table_ratios_and_failures(monkeypatch, capsys):
   assert "| 400 | 1.00x | 200 | busy |" in lines["`(none)`"]
   assert "| 200 | 2.00x | 200 | quiet |" in lines["`--fast`"]
   assert "failed" in lines["`--broken`"] and "unknown flag" in lines["`--broken`"]
+
+
+def test_profile_attributes_a_layers_three_products_and_their_flops():
+  # A dense layer's step: the forward product, then the input and weight gradients JAX's transpose rules emit;
+  # each found in the optimised HLO, named, and counted as 2*M*N*K.
+  import jax
+  import jax.numpy as jnp
+  from benchmarks import profile_steps
+
+  m, k, n = 48, 40, 24
+
+  def step(x, w):
+    loss = lambda x, w: jnp.sum(jnp.tanh(x @ w))
+    return jax.grad(loss, argnums=(0, 1))(x, w)
+
+  compiled = jax.jit(step).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+  table = profile_steps.parse_hlo(compiled.as_text())
+  flops = {}
+  for kind, f, _ in table.values():
+    flops[kind] = flops.get(kind, 0.0) + f
+  assert flops["GEMM forward"] == 2 * m * n * k
+  assert flops["GEMM input gradient"] == 2 * m * n * k
+  assert flops["GEMM weight gradient"] == 2 * m * n * k
+  assert set(flops) <= set(profile_steps.KINDS)
