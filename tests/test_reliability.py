@@ -5,6 +5,7 @@ run on their workdir, and apply the changed-config policy on resume. (Bad input:
 They run the real CLI in subprocesses on the real (offline) Fashion-MNIST with the smoke-sized GAN.
 """
 
+import errno
 import fcntl
 import json
 import os
@@ -156,13 +157,16 @@ def test_a_full_disk_while_a_checkpoint_is_written_ends_the_run_with_one_line(re
   filler = os.path.join(disk, "filler")
 
   def fill():
-    with open(filler, "wb") as f:
-      try:
-        while True:
-          f.write(b"\0" * 65536)
-          f.flush()
-      except OSError:  # ENOSPC: the disk is full
-        pass
+    # Unbuffered writes until ENOSPC: a buffered file would keep the bytes that did not fit and raise ENOSPC
+    # again when closed.
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+      while True:
+        os.write(fd, b"\0" * 65536)
+    except OSError as e:
+      assert e.errno == errno.ENOSPC, e  # the disk is full
+    finally:
+      os.close(fd)
 
   try:
     _fault_mid_run_then_resume(reference, os.path.join(disk, "run"), fill, lambda: os.remove(filler),
