@@ -25,8 +25,8 @@ from tlgan import data, evaluation, feature_networks, pretrained
 
 flags.DEFINE_list("weights", [], "tlgan ResNet weights files (default: the shipped network).")
 flags.DEFINE_string("dataset", "fashion_mnist", "A dataset with offline data.")
-flags.DEFINE_integer("num", 10000, "Images per set.")
-flags.DEFINE_integer("sets", 3, "Disjoint training sets for the floor.")
+flags.DEFINE_integer("num", 10000, "Images per set.", lower_bound=1)
+flags.DEFINE_integer("sets", 3, "Disjoint training sets for the floor.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 

@@ -38,11 +38,12 @@ from tlgan.preprocessing import IMAGENET_MEAN, IMAGENET_STD, classifier_map_fn
 from tlgan.steps.gan import train_step
 from tlgan.trainers.gan import build_state
 
-flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-flags.DEFINE_integer("steps", 30, "Timed GAN steps (the pipeline gets 20x as many batches).")
-flags.DEFINE_float("streaming_gb", 0.0, "> 0: benchmark the streaming path on a synthetic dataset of this size.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size.", lower_bound=1)
+flags.DEFINE_integer("steps", 30, "Timed GAN steps (the pipeline gets 20x as many batches).", lower_bound=1)
+flags.DEFINE_float("streaming_gb", 0.0, "> 0: benchmark the streaming path on a synthetic dataset of this size.",
+                   lower_bound=0.0)
 flags.DEFINE_list("workers", ["0", "1", "2"], "Streaming: Grain worker processes per run (0: threads only).")
-flags.DEFINE_integer("stream_batches", 400, "Streaming: timed batches of 128 per run.")
+flags.DEFINE_integer("stream_batches", 400, "Streaming: timed batches of 128 per run.", lower_bound=1)
 
 FLAGS = flags.FLAGS
 

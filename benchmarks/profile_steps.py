@@ -52,11 +52,11 @@ from tlgan import reporting
 from benchmarks.jax_steps import jax_dcgan, jax_resnet18, load_note
 
 flags.DEFINE_list("only", ["dcgan", "resnet18"], "Which steps to profile (dcgan, resnet18).")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("steps", 5, "Profiled calls (after warm-up).")
-flags.DEFINE_string("conv_impl", "auto", "tlgan's convolution implementation: auto, xla or matmul.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("steps", 5, "Profiled calls (after warm-up).", lower_bound=1)
+flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "matmul"], "tlgan's convolution implementation.")
 flags.DEFINE_bool("against_torch", False, "Also profile the PyTorch eager reference (torch.profiler, by operator).")
-flags.DEFINE_integer("top", 10, "How many of the slowest operations to list.")
+flags.DEFINE_integer("top", 10, "How many of the slowest operations to list.", lower_bound=0)
 FLAGS = flags.FLAGS
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) (\w[\w\-]*)\((.*)$")

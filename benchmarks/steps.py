@@ -42,12 +42,13 @@ from benchmarks.jax_steps import (jax_dcgan, jax_dp_resnet18, jax_gn_resnet18, j
                                   load_note, measure)
 
 flags.DEFINE_bool("against_torch", False, "Also run the PyTorch eager reference (needs the [torch] extra).")
-flags.DEFINE_integer("batch_size", 128, "Batch size of both steps.")
-flags.DEFINE_integer("rounds", 5, "Alternating rounds (tlgan, then torch) per step.")
-flags.DEFINE_integer("steps_per_round", 4, "Timed steps per framework per round.")
-flags.DEFINE_string("conv_impl", "auto", "tlgan's convolution implementation: auto, xla or matmul.")
+flags.DEFINE_integer("batch_size", 128, "Batch size of both steps.", lower_bound=1)
+flags.DEFINE_integer("rounds", 5, "Alternating rounds (tlgan, then torch) per step.", lower_bound=1)
+flags.DEFINE_integer("steps_per_round", 4, "Timed steps per framework per round.", lower_bound=1)
+flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "matmul"], "tlgan's convolution implementation.")
 flags.DEFINE_list("only", ["dcgan", "resnet18"], "Which steps to run (dcgan, resnet18, projected, dp_resnet18).")
-flags.DEFINE_integer("dp_microbatch", 0, "dp_resnet18: examples whose gradient norms are computed at once (0: all).")
+flags.DEFINE_integer("dp_microbatch", 0, "dp_resnet18: examples whose gradient norms are computed at once "
+                     "(0: all).", lower_bound=0)
 flags.DEFINE_enum("dp_impl", "ghost", ["ghost", "reweight", "materialize"],
                   "dp_resnet18: how per-example clipping is computed (tlgan.steps.private.clipped_grad_sum).")
 flags.DEFINE_string("json_out", "", "Also write the rows as JSON to this file (benchmarks.xla_flags reads it).")

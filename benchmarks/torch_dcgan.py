@@ -20,10 +20,11 @@ from absl import app, flags, logging
 import numpy as np
 
 flags.DEFINE_float("minutes", 10.0, "Training budget (wall clock, data loading included).")
+flags.register_validator("minutes", lambda v: v > 0, message="--minutes must be > 0 (the training budget)")
 flags.DEFINE_string("workdir", "runs/torch_dcgan", "Where summary.json and samples.png go.")
-flags.DEFINE_integer("batch_size", 64, "As the default configs/gan.py.")
-flags.DEFINE_integer("seed", 0, "Seed of the weights, the data order and the latents.")
-flags.DEFINE_integer("num_samples", 10000, "Samples scored at the end.")
+flags.DEFINE_integer("batch_size", 64, "As the default configs/gan.py.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of the weights, the data order and the latents.", lower_bound=0)
+flags.DEFINE_integer("num_samples", 10000, "Samples scored at the end.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 

@@ -36,9 +36,9 @@ DEFAULT_SETS = [
 flags.DEFINE_multi_string("flag_sets", None, "XLA_FLAGS values to compare (the first is the baseline); "
                           "default: a list of the CPU backend's GEMM, fusion and scheduling flags.")
 # (names apart from benchmarks.steps' flags: both modules share absl's flag registry when imported together)
-flags.DEFINE_integer("flag_rounds", 2, "Rounds: each runs every flag set once, in turn.")
+flags.DEFINE_integer("flag_rounds", 2, "Rounds: each runs every flag set once, in turn.", lower_bound=1)
 flags.DEFINE_list("flag_steps", ["dcgan", "resnet18"], "Steps (see benchmarks.steps --only).")
-flags.DEFINE_integer("steps_rounds", 3, "benchmarks.steps --rounds of each run.")
+flags.DEFINE_integer("steps_rounds", 3, "benchmarks.steps --rounds of each run.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 

@@ -1,5 +1,5 @@
-"""The benchmark scripts' own logic (not their timings): the busy-machine note of benchmarks.steps (and profile_steps), and the
-table benchmarks.xla_flags assembles from its runs."""
+"""The benchmark scripts' own logic (not their timings): the busy-machine note of benchmarks.steps and
+profile_steps, the table benchmarks.xla_flags assembles from its runs, and profile_steps' reading of the HLO."""
 
 from benchmarks import jax_steps, xla_flags
 

@@ -120,7 +120,8 @@ def test_max_pool_slices_equal_reduce_window_and_torch(shape, window, stride, pa
   k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
   x = jnp.round(jax.random.normal(k1, shape) * 2) / 2  # coarse values: many windows with tied maxima
   x = jnp.where(jax.random.uniform(k2, shape) < 0.3, 0.0, x)  # and ReLU-like zeros
-  fns = {impl: (lambda x, impl=impl: layers.max_pool2d(x, window, stride, pad, impl=impl)) for impl in ("xla", "matmul")}
+  fns = {impl: (lambda x, impl=impl: layers.max_pool2d(x, window, stride, pad, impl=impl))
+         for impl in ("xla", "matmul")}
   y_ref, vjp_ref = jax.vjp(jax.jit(fns["xla"]), x)
   y, vjp = jax.vjp(jax.jit(fns["matmul"]), x)
   g = jax.random.normal(k3, y.shape)
