@@ -99,14 +99,22 @@ def conv_transpose2d(x, kernel, stride: Pair, padding: Pair, impl: str = "auto",
   Output size: `(h - 1) * stride - 2 * padding + k`.
   """
   (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
-  kh, kw, cin, cout = kernel.shape
-  n, h, w, _ = x.shape
+  kh, kw = kernel.shape[:2]
   if resolve_impl(impl) == "xla" or kh % sh or kw % sw:
     # The transpose of a strided conv is a conv over the stride-dilated input with the flipped kernel.
     return lax.conv_general_dilated(
         x, kernel[::-1, ::-1], (1, 1),
         ((kh - 1 - ph, kh - 1 - ph), (kw - 1 - pw, kw - 1 - pw)),
         lhs_dilation=(sh, sw), dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+  return _conv_transpose_gemm(x, kernel, (sh, sw), (ph, pw), precision)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_transpose_gemm(x, kernel, stride: Pair, padding: Pair, precision):
+  """The transposed convolution as one GEMM + overlap-add (kernel size a multiple of the stride)."""
+  (sh, sw), (ph, pw) = stride, padding
+  kh, kw, cin, cout = kernel.shape
+  n, h, w, _ = x.shape
   # Each input pixel contributes kernel-sized output tiles: one GEMM gives all of them at once.
   # With kernel index a = q * s + r, input row i writes output row (i + q) * s + r: per (q_a, q_b) shift the
   # tiles are added in a coarse grid of s x s phase blocks, then the blocks are interleaved into pixels.
@@ -122,6 +130,28 @@ def conv_transpose2d(x, kernel, stride: Pair, padding: Pair, impl: str = "auto",
   out = out.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb * sh, wb * sw, cout)
   ho, wo = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
   return out[:, ph:ph + ho, pw:pw + wo, :]
+
+
+def _conv_transpose_gemm_fwd(x, kernel, stride, padding, precision):
+  return _conv_transpose_gemm(x, kernel, stride, padding, precision), (x, kernel)
+
+
+def _conv_transpose_gemm_bwd(stride, padding, precision, res, g):
+  # The transposed convolution's gradients are those of the convolution it transposes: the input gradient is
+  # that convolution of g (patches of g times the kernel), the weight gradient the same patches against x. One
+  # patch extraction serves both, where the transpose rules of the overlap-add gather g into the GEMM's column
+  # layout through transposes and pads (DCGAN step on a 2-core Intel Xeon: 1.03x-1.06x, alternating rounds).
+  x, kernel = res
+  kh, kw, cin, cout = kernel.shape
+  (ph, pw) = padding
+  patches = extract_patches(g, (kh, kw), stride, ((ph, ph), (pw, pw)))  # (N, H, W, kh*kw*cout)
+  patches = patches.reshape(-1, kh * kw * cout)
+  dx = jnp.dot(patches, kernel.transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin), precision=precision)
+  dk = jnp.dot(x.reshape(-1, cin).T, patches, precision=precision)  # (cin, kh*kw*cout)
+  return dx.reshape(x.shape), dk.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+
+
+_conv_transpose_gemm.defvjp(_conv_transpose_gemm_fwd, _conv_transpose_gemm_bwd)
 
 
 def max_pool2d(x, window: int, stride: int, padding: int, impl: str = "auto"):
