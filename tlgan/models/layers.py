@@ -85,11 +85,16 @@ def _live_taps(size: int, k: int, stride: int, pad: int, out: int) -> Pair:
 def extract_patches(x, kernel_size: Pair, strides: Pair, pads) -> jax.Array:
   """(N, Ho, Wo, kh*kw*C): the rows a convolution kernel multiplies, zero padding `pads` ((top, bottom), (left,
   right)). Feature order (a, b, c) matches kernel.reshape(kh * kw * cin, cout)."""
-  (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = kernel_size, strides, pads
+  ((pt, pb), (pl, pr)) = pads
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  return jnp.concatenate(_window_slices(xp, kernel_size, strides), axis=-1)
+
+
+def _window_slices(xp, kernel_size: Pair, strides: Pair) -> list:
+  """For each kernel offset (a, b), row-major, the (N, Ho, Wo, C) strided slice of the padded `xp` it reads."""
+  (kh, kw), (sh, sw) = kernel_size, strides
   ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-  return jnp.concatenate([xp[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :]
-                          for a in range(kh) for b in range(kw)], axis=-1)
+  return [xp[:, a:a + (ho - 1) * sh + 1:sh, b:b + (wo - 1) * sw + 1:sw, :] for a in range(kh) for b in range(kw)]
 
 
 def conv_transpose2d(x, kernel, stride: Pair, padding: Pair, impl: str = "auto", precision=None):
@@ -163,29 +168,24 @@ def max_pool2d(x, window: int, stride: int, padding: int, impl: str = "auto"):
   `reduce_window` into a variadic reduce-window over four int32 index arrays of the padded input's size: 13% of
   a ResNet18 step at 32x32 (`python -m benchmarks.profile_steps`).
   """
-  pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   if resolve_impl(impl) == "xla":
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
+                             ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   return _max_pool_slices(x, window, stride, padding)
 
 
-def _pool_windows(xp, window: int, stride: int, ho: int, wo: int):
-  return [xp[:, a:a + (ho - 1) * stride + 1:stride, b:b + (wo - 1) * stride + 1:stride, :]
-          for a in range(window) for b in range(window)]
-
-
-def _pool_geometry(x, window, stride, padding):
-  h, w = x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
-  return (h - window) // stride + 1, (w - window) // stride + 1
+def _pool_windows(x, window: int, stride: int, padding: int):
+  """(x padded with -inf, the window*window strided slices of it that max-pooling reads)."""
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+  return xp, _window_slices(xp, (window, window), (stride, stride))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool_slices(x, window, stride, padding):
-  ho, wo = _pool_geometry(x, window, stride, padding)
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-  out = None
-  for s in _pool_windows(xp, window, stride, ho, wo):
-    out = s if out is None else jnp.maximum(out, s)
+  _, slices = _pool_windows(x, window, stride, padding)
+  out = slices[0]
+  for s in slices[1:]:
+    out = jnp.maximum(out, s)
   return out
 
 
@@ -196,13 +196,12 @@ def _max_pool_fwd(x, window, stride, padding):
 
 def _max_pool_bwd(window, stride, padding, res, g):
   x, y = res
-  ho, wo = _pool_geometry(x, window, stride, padding)
-  hp, wp = x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+  xp, slices = _pool_windows(x, window, stride, padding)
+  (hp, wp), (ho, wo) = xp.shape[1:3], y.shape[1:3]
   taken = jnp.zeros(y.shape, bool)
   zero = jnp.zeros((), g.dtype)
   dxp = jnp.zeros(xp.shape, g.dtype)
-  for k, s in enumerate(_pool_windows(xp, window, stride, ho, wo)):
+  for k, s in enumerate(slices):
     a, b = divmod(k, window)
     hit = (s == y) & ~taken  # the first maximum of each window takes the gradient
     taken = taken | hit
