@@ -90,34 +90,21 @@ def parse_hlo(text: str):
       current.append(m.groups())
   shapes = {name: _dims(shape) for body in comps.values() for name, shape, _, _ in body}
 
-  def dots(comp):  # [(flops, rhs dims, out dims)] of the dots a computation runs, nested calls included
-    found = []
-    for _, shape, op, rest in comps.get(comp, []):
-      if op == "dot":
-        found.append(_dot(shape, rest, shapes))
-      for sub in re.findall(r"calls=%([\w.\-]+)", rest):
-        found += dots(sub)
+  def dots(shape, op, rest):  # [(flops, rhs dims, out dims)] of the dots an instruction runs, called ones too
+    found = [_dot(shape, rest, shapes)] if op == "dot" else []
+    for comp in re.findall(r"calls=%([\w.\-]+)", rest):
+      for instruction in comps.get(comp, []):
+        found += dots(*instruction[1:])
     return found
 
-  entries = []
+  entries = []  # (name, op, metadata, dots) of each top-level instruction
   for name, shape, op, rest in comps.get(entry, []):
     meta = re.search(r'op_name="([^"]*)"', rest)
-    called = re.findall(r"calls=%([\w.\-]+)", rest)
-    entries.append((name, shape, op, rest, meta.group(1) if meta else "", called))
+    entries.append((name, op, meta.group(1) if meta else "", dots(shape, op, rest)))
   # A weight gradient's output is a kernel: the shape of some forward product's right operand.
-  table, kernels, info = {}, set(), {}
-  for name, shape, op, rest, meta, called in entries:
-    if called:
-      found = dots(called[0])
-    elif op == "dot":
-      found = [_dot(shape, rest, shapes)]
-    else:
-      found = []
-    info[name] = found
-    if found and "transpose(" not in meta:
-      kernels.update(tuple(sorted(rhs)) for _, rhs, _ in found)
-  for name, shape, op, rest, meta, called in entries:
-    found = info[name]
+  kernels = {tuple(sorted(rhs)) for _, _, meta, found in entries if "transpose(" not in meta for _, rhs, _ in found}
+  table = {}
+  for name, op, meta, found in entries:
     flops = sum(f for f, _, _ in found)
     if flops:
       if "transpose(" not in meta:
