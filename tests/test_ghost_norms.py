@@ -12,7 +12,7 @@ from tlgan import pretrained
 from tlgan.models import dcgan, layers
 from tlgan.models.projected import ProjectedDiscriminator
 from tlgan.models.resnet import ResNet
-from tlgan.models.scattering import ScatterLinear
+from tlgan.models.scattering import ScatterCNN, ScatterLinear
 from tlgan.models.small_cnn import TanhCNN
 from tlgan.steps import ghost_norms, private
 
@@ -57,6 +57,7 @@ def resnet(norm, stem):
 MODELS = {  # name: (model, input shape, apply kwargs)
     "tanh_cnn": (TanhCNN(num_classes=3), (28, 28, 1), {}),
     "scatter_linear on features": (ScatterLinear(num_classes=3, precomputed=True), (7, 7, 81), {}),
+    "scatter_cnn on features": (ScatterCNN(num_classes=3, precomputed=True), (7, 7, 81), {}),
     "GroupNorm ResNet, cifar stem": (resnet("group", "cifar"), (8, 8, 3), {}),
     "frozen-BatchNorm ResNet": (resnet("frozen_batch", "imagenet"), (16, 16, 3), {}),
     "GroupNorm DCGAN D": (dcgan.Discriminator(image_shape=(16, 16, 1), features=8, norm="group"), (16, 16, 1),

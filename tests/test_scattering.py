@@ -39,11 +39,22 @@ def test_group_normalise_equals_torch_group_norm():
   np.testing.assert_allclose(ours, theirs.transpose(0, 2, 3, 1), atol=1e-5, rtol=0)
 
 
-def test_scatter_linear_features_are_per_example_and_precomputing_them_changes_nothing():
-  model = scattering.ScatterLinear(num_classes=10)
+HEADS = {  # model: its parameters' shapes on 28x28 grayscale images
+    "scatter_linear": (scattering.ScatterLinear, {"fc": {"bias": (10,), "kernel": (3969, 10)}}),
+    "scatter_cnn": (scattering.ScatterCNN, {"conv1": {"bias": (16,), "kernel": (3, 3, 81, 16)},
+                                            "conv2": {"bias": (32,), "kernel": (3, 3, 16, 32)},
+                                            "dense": {"bias": (32,), "kernel": (512, 32)},
+                                            "fc": {"bias": (10,), "kernel": (32, 10)}}),
+}
+
+
+@pytest.mark.parametrize("arch", HEADS)
+def test_scatternet_features_are_per_example_and_precomputing_them_changes_nothing(arch):
+  module, shapes = HEADS[arch]
+  model = module(num_classes=10)
   x = initializers.normal(jax.random.key(0), (5, 28, 28, 1))
   variables = jax.jit(model.init)(jax.random.key(1), x[:1])
-  assert jax.tree.map(np.shape, variables) == {"params": {"fc": {"bias": (10,), "kernel": (3969, 10)}}}
+  assert jax.tree.map(np.shape, variables) == {"params": shapes}
   apply = jax.jit(model.apply)
   logits = apply(variables, x)
   features = jax.jit(model.fixed_features)(x)
@@ -53,6 +64,32 @@ def test_scatter_linear_features_are_per_example_and_precomputing_them_changes_n
   changed = apply(variables, x.at[0].multiply(-3.0))
   np.testing.assert_allclose(changed[1:], logits[1:], rtol=0, atol=1e-6)
   assert not np.allclose(changed[0], logits[0])
+
+
+def test_scatter_cnn_equals_tramer_and_bonehs_network_in_pytorch():
+  """Their ScatterNet + CNN for (Fashion-)MNIST, written in PyTorch as in their code (NCHW, GroupNorm(27) of the
+  scattering features, flattening channel-major), holding our weights: the same logits."""
+  torch = pytest.importorskip("torch")
+  nn = torch.nn
+  model = scattering.ScatterCNN(num_classes=10, precomputed=True)
+  params = jax.jit(model.init)(jax.random.key(2), jnp.zeros((1, 7, 7, 81)))["params"]
+  params = jax.tree.map(lambda a: np.asarray(a) * 3.0, params)  # tanh away from its linear part
+  raw = np.random.default_rng(3).gamma(2.0, 1.0, (4, 7, 7, 81)).astype(np.float32)  # scattering-like, positive
+  features = np.asarray(scattering.group_normalise(jnp.asarray(raw), 27))
+  ours = np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(features)))
+  net = nn.Sequential(nn.GroupNorm(27, 81, affine=False), nn.Conv2d(81, 16, 3, stride=2, padding=1), nn.Tanh(),
+                      nn.Conv2d(16, 32, 3, stride=1, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(32 * 4 * 4, 32),
+                      nn.Tanh(), nn.Linear(32, 10))
+  dense = params["dense"]["kernel"].reshape(4, 4, 32, 32).transpose(2, 0, 1, 3).reshape(512, 32)  # (h,w,c) -> (c,h,w)
+  weights = {"1.weight": params["conv1"]["kernel"].transpose(3, 2, 0, 1), "1.bias": params["conv1"]["bias"],
+             "3.weight": params["conv2"]["kernel"].transpose(3, 2, 0, 1), "3.bias": params["conv2"]["bias"],
+             "6.weight": dense.T, "6.bias": params["dense"]["bias"],
+             "8.weight": params["fc"]["kernel"].T, "8.bias": params["fc"]["bias"]}
+  net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()})
+  with torch.no_grad():
+    theirs = net.eval()(torch.from_numpy(raw.transpose(0, 3, 1, 2))).numpy()
+  assert np.abs(theirs).max() > 0.5  # logits, not a collapsed network
+  np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-5)
 
 
 def test_the_fixed_features_read_the_pixels_behind_the_normalisation():

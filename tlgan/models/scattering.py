@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from tlgan.models import initializers
 from tlgan.models.layers import group_standardise
 from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
@@ -141,18 +142,20 @@ def group_normalise(x, groups: int, epsilon: float = 1e-5):
   return group_standardise(x, groups, epsilon)
 
 
-class ScatterLinear(nn.Module):
-  """Tramer & Boneh's ScatterNet + linear: the scattering transform (J = 2, L = 8: 81 channels at 7x7 for
-  28x28 grayscale), GroupNorm without parameters (27 groups of 3 channels by default), then one dense layer
-  (`fc`). Only `fc` has parameters: 3,969 x 10 + 10 = 39,700 for Fashion-MNIST.
+_KERNEL_INIT = initializers.lecun_normal()  # the default of nn.Conv and nn.Dense, drawn flat (compiles faster)
+
+
+class _ScatterFront(nn.Module):
+  """The fixed front end of Tramer & Boneh's ScatterNet models: the scattering transform (J = 2, L = 8: 81
+  channels at 7x7 for 28x28 grayscale), then GroupNorm without parameters (27 groups of 3 channels by default).
 
   tlgan's classifier inputs are normalised with ImageNet's mean and std (`input_mean`, `input_std`); the
   transform reads the [0, 1] pixels they came from, as kymatio's users feed it (the order-0 channel is not
   shift-invariant, and GroupNorm mixes it with two order-1 channels).
 
-  Everything before `fc` is fixed: `fixed_features(images)` computes it (no parameters), and with
-  `precomputed=True` the module takes those features instead of images, so a trainer can compute them once per
-  image rather than once per step (the DP trainer does: the transform costs ~100x the head).
+  It has no parameters: `fixed_features(images)` computes it, and with `precomputed=True` a model takes those
+  features instead of images, so a trainer can compute them once per image rather than once per step (the DP
+  trainer does: the transform costs ~100x a head).
   """
   num_classes: int = 10
   J: int = 2
@@ -169,10 +172,41 @@ class ScatterLinear(nn.Module):
     pixels = x * jnp.asarray(self.input_std[:c], jnp.float32) + jnp.asarray(self.input_mean[:c], jnp.float32)
     return group_normalise(scattering2d(pixels, self.J, self.L), self.groups)
 
+  def features(self, x):
+    return (x.astype(jnp.float32) if self.precomputed else self.fixed_features(x)).astype(self.dtype)
+
+
+class ScatterLinear(_ScatterFront):
+  """Tramer & Boneh's ScatterNet + linear: the fixed front end (`_ScatterFront`), then one dense layer (`fc`).
+  Only `fc` has parameters: 3,969 x 10 + 10 = 39,700 for Fashion-MNIST."""
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # the same function in training and evaluation
-    s = x.astype(jnp.float32) if self.precomputed else self.fixed_features(x)
+    s = self.features(x)
     # Flattened channel-major (C, H, W), as the PyTorch model flattens its NCHW features.
     s = jnp.moveaxis(s, -1, 1).reshape(s.shape[0], -1)
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(s.astype(self.dtype)).astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(s).astype(jnp.float32)
+
+
+class ScatterCNN(_ScatterFront):
+  """Tramer & Boneh's ScatterNet + CNN (their MNIST_CNN on scattering features): the fixed front end, then
+
+      conv channels[0] 3x3/2 (padding 1) - tanh - conv channels[1] 3x3/1 (padding 1) - tanh
+      - dense `hidden` - tanh - dense (num_classes, named `fc`)
+
+  33,066 parameters with their widths (16, 32, hidden 32) on Fashion-MNIST's 81x7x7 features. Nothing mixes
+  examples. The flattening is NHWC (theirs is NCHW: the same network up to a permutation of `dense`'s rows).
+  """
+  channels: Sequence[int] = (16, 32)
+  hidden: int = 32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    s = self.features(x)
+    for i, (width, stride) in enumerate(zip(self.channels, (2, 1))):
+      s = jnp.tanh(nn.Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                           kernel_init=_KERNEL_INIT, name=f"conv{i + 1}")(s))
+    s = jnp.tanh(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_KERNEL_INIT, name="dense")(s.reshape(s.shape[0], -1)))
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(s).astype(jnp.float32)

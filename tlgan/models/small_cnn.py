@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from tlgan.models import initializers
-from tlgan.models.scattering import ScatterLinear
+from tlgan.models.scattering import ScatterCNN, ScatterLinear
 
 _KERNEL_INIT = initializers.lecun_normal()  # nn.Conv's default, drawn flat (compiles faster, the same values)
 
@@ -36,4 +36,4 @@ class TanhCNN(nn.Module):
 
 
 # model.arch values of the small DP baselines (no layer mixes examples; stem/width/norm do not apply)
-ARCHS = {"tanh_cnn": TanhCNN, "scatter_linear": ScatterLinear}
+ARCHS = {"tanh_cnn": TanhCNN, "scatter_linear": ScatterLinear, "scatter_cnn": ScatterCNN}
