@@ -13,6 +13,8 @@ Variants (comma-separated after a colon):
                    parameters) and hyperparameters (SGD lr 4, momentum 0.9, C = 0.1, batch 2048, 40 epochs)
     scatternet     their handcrafted-feature baseline: scattering transform + GroupNorm + linear (39,700
                    parameters), DP-SGD with batch 8192, lr 32, momentum 0.9, C = 0.1, 40 epochs, EMA 0.99
+    scatter_cnn    their ScatterNet + CNN: the same front end, then their small tanh CNN (33,066 parameters),
+                   DP-SGD with batch 2048, lr 4, momentum 0.9, C = 0.1, 40 epochs
     eps1, eps8     epsilon 1 or 8 instead of 3
     nonprivate     the same recipe (Poisson batches, clipping) without noise: epsilon infinite
     smoke          a tiny run for tests
@@ -109,6 +111,22 @@ def scatternet(config):
   config.dp.clip_norm = 0.1
 
 
+def scatter_cnn(config):
+  """Tramer & Boneh's ScatterNet + CNN on Fashion-MNIST (89.0% at epsilon 3 in their paper): the same fixed
+  front end as `scatternet`, then their small tanh CNN (33,066 parameters), DP-SGD with their batch 2048,
+  lr 4, momentum 0.9, C = 0.1, 40 epochs."""
+  config.model.arch = "scatter_cnn"
+  config.model.image_size = 28
+  config.batch_size = 2048
+  config.num_epochs = 40.0
+  config.eval_every_epochs = 10.0
+  config.log_every = 20
+  config.checkpoint_every = 100
+  config.optim.learning_rate = 4.0
+  config.optim.momentum = 0.9
+  config.dp.clip_norm = 0.1
+
+
 def linear_probe(config):
   """DP training of the head only; the pretrained backbone stays frozen."""
   config.mode = "linear_probe"
@@ -145,5 +163,5 @@ def smoke(config):
 
 
 VARIANTS = {"digits": digits, "public_pretrain": public_pretrain, "tramer_boneh": tramer_boneh, "scatternet": scatternet,
-            "linear_probe": linear_probe, "eps1": eps1,
+            "scatter_cnn": scatter_cnn, "linear_probe": linear_probe, "eps1": eps1,
             "eps8": eps8, "nonprivate": nonprivate, "smoke": smoke}

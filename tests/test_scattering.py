@@ -103,13 +103,15 @@ def test_the_fixed_features_read_the_pixels_behind_the_normalisation():
 
 
 @pytest.mark.slow
-def test_a_dp_run_precomputes_the_features_and_trains_the_head(tmp_path):
-  """configs/private.py:scatternet on scikit-learn's real digits, a few steps: the features are computed once
-  per image (the log says so), the run ends at its epsilon and the exported model holds only the head."""
+@pytest.mark.parametrize("variant,arch", [("scatternet", "scatter_linear"), ("scatter_cnn", "scatter_cnn")])
+def test_a_dp_run_precomputes_the_features_and_trains_the_head(tmp_path, variant, arch):
+  """configs/private.py:scatternet (and :scatter_cnn) on scikit-learn's real digits, a few steps: the features
+  are computed once per image, the run ends at its epsilon and the exported model holds only the trained layers
+  (the transform has no parameters)."""
   from configs import private
   from tlgan import pretrained
   from tlgan.trainers import classifier
-  config = private.get_config("digits,scatternet")
+  config = private.get_config(f"digits,{variant}")
   config.batch_size, config.num_steps, config.eval_every_epochs = 128, 4, 1000.0
   config.log_every, config.checkpoint_every, config.eval_batch_size = 2, 4, 256
   with pytest.MonkeyPatch.context() as mp:
@@ -122,5 +124,5 @@ def test_a_dp_run_precomputes_the_features_and_trains_the_head(tmp_path):
   assert summary["privacy"]["epsilon"] == pytest.approx(3.0, rel=0.02)
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   weights, meta = pretrained.load(str(tmp_path / "run" / "model.msgpack"))
-  assert meta.arch == "scatter_linear"
-  assert jax.tree.map(np.shape, weights["params"]) == {"fc": {"bias": (10,), "kernel": (3969, 10)}}
+  assert meta.arch == arch
+  assert jax.tree.map(np.shape, weights["params"]) == HEADS[arch][1]
