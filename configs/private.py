@@ -162,6 +162,6 @@ def smoke(config):
   config.eval_every_epochs = 1000.0
 
 
-VARIANTS = {"digits": digits, "public_pretrain": public_pretrain, "tramer_boneh": tramer_boneh, "scatternet": scatternet,
-            "scatter_cnn": scatter_cnn, "linear_probe": linear_probe, "eps1": eps1,
+VARIANTS = {"digits": digits, "public_pretrain": public_pretrain, "tramer_boneh": tramer_boneh,
+            "scatternet": scatternet, "scatter_cnn": scatter_cnn, "linear_probe": linear_probe, "eps1": eps1,
             "eps8": eps8, "nonprivate": nonprivate, "smoke": smoke}

@@ -208,5 +208,6 @@ class ScatterCNN(_ScatterFront):
     for i, (width, stride) in enumerate(zip(self.channels, (2, 1))):
       s = jnp.tanh(nn.Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), dtype=self.dtype,
                            kernel_init=_KERNEL_INIT, name=f"conv{i + 1}")(s))
-    s = jnp.tanh(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_KERNEL_INIT, name="dense")(s.reshape(s.shape[0], -1)))
+    s = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_KERNEL_INIT, name="dense")(s.reshape(s.shape[0], -1))
+    s = jnp.tanh(s)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(s).astype(jnp.float32)
