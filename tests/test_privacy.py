@@ -67,6 +67,46 @@ def test_calibrated_noise_is_the_smallest_that_meets_the_target():
     privacy.calibrate_noise(0, **params)
 
 
+def _analytic_gaussian_epsilon(sigma, delta):
+  """Balle & Wang (2018), Theorem 8: the exact epsilon of one Gaussian mechanism (sensitivity 1, std sigma), in
+  float64 with SciPy: delta(eps) = Phi(1/(2 sigma) - eps sigma) - e^eps Phi(-1/(2 sigma) - eps sigma)."""
+  from scipy import optimize, stats
+  d = lambda e: (stats.norm.cdf(0.5 / sigma - e * sigma) - math.exp(e) * stats.norm.cdf(-0.5 / sigma - e * sigma)
+                 - delta)
+  return optimize.brentq(d, 0.0, 50.0, xtol=1e-12)
+
+
+def test_releases_before_training_compose_with_the_steps():
+  """A statistic released once with the Gaussian mechanism (e.g. a feature covariance) is composed with the
+  DP-SGD steps: alone it costs the Gaussian mechanism's exact epsilon; with the steps, what dp_accounting's PLD
+  accountant gives for the composed event; calibration leaves the steps the rest of the budget."""
+  base = dict(max_batch=320, **ABADI)
+  one = privacy.DpSgd(releases=(2.0,), **base)
+  assert one.epsilon(0) == pytest.approx(_analytic_gaussian_epsilon(2.0, 1e-5), rel=0.01)
+  assert one.epsilon(0) >= _analytic_gaussian_epsilon(2.0, 1e-5)  # an upper bound (pessimistic PLD)
+  two = privacy.DpSgd(releases=(5.0, 20.0), **base)
+  acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=privacy.DISCRETISATION)
+  acc.compose(two.dp_event(1000))
+  assert two.epsilon(1000) == pytest.approx(acc.get_epsilon(1e-5), rel=2e-3)
+  plain = privacy.DpSgd(**base)
+  assert plain.epsilon(1000) < two.epsilon(1000) < plain.epsilon(1000) + two.epsilon(0)  # composition is sub-additive
+  assert 0 < two.epsilon(0) < two.epsilon(1) < two.epsilon(1000)
+  params = dict(steps=1000, dataset_size=60000, expected_batch=256, max_batch=320, delta=1e-5)
+  sigma = privacy.calibrate_noise(3.0, releases=(5.0,), **params)
+  eps = lambda s: privacy.DpSgd(noise_multiplier=s, releases=(5.0,), **{k: v for k, v in params.items()
+                                                                       if k != "steps"}).epsilon(1000)
+  assert eps(sigma) <= 3.0 < eps(sigma * 0.995)
+  assert sigma > privacy.calibrate_noise(3.0, **params)  # the release's share of the budget costs the steps noise
+  with pytest.raises(ConfigError, match=r"the releases before training alone spend epsilon .* of the target 1"):
+    privacy.calibrate_noise(1.0, releases=(1.0,), **params)
+
+
+@pytest.mark.parametrize("release", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_bad_release_is_refused_in_one_line(release):
+  with pytest.raises(ConfigError, match=r"a release's noise multiplier \(.*\) must be a finite number > 0"):
+    privacy.DpSgd(max_batch=320, releases=(release,), **ABADI)
+
+
 @pytest.mark.parametrize("bad,message", [
     (dict(dataset_size=0), "at least one example"),
     (dict(expected_batch=70000), "expected batch .* must be in"),

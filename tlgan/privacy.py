@@ -11,11 +11,14 @@ Poisson subsampled Gaussian, arXiv:2508.15089), add-or-remove-one neighbouring d
 sensitivity is the clipping norm C (per-example gradients clipped to C, summed), the noise N(0, (sigma C)^2) is
 added once to the sum, which is then divided by the public expected batch size. The PLD is discretised at
 1e-3 (pessimistic: epsilon is an upper bound; 0.4% above the 1e-4 grid for Abadi et al.'s MNIST setting).
+Statistics of the private data released once before training with the Gaussian mechanism (`DpSgd.releases`:
+their noise multipliers) are composed with the steps in the same PLD.
 Fixed-size shuffled batches (what the non-private trainers read) are not what this accounting assumes; a DP
 run never reads them.
 
     dp = DpSgd(dataset_size=60000, expected_batch=256, max_batch=320, noise_multiplier=1.1, delta=1e-5)
     dp.epsilon(steps=14062)                                      # 2.42
+    DpSgd(..., releases=(20.0,))  # and a statistic released once before training, noise multiplier 20
     sigma = calibrate_noise(3.0, steps=14062, dataset_size=60000, expected_batch=256, max_batch=320, delta=1e-5)
     indices, mask = poisson_batch(seed=0, step=7, dataset_size=60000, expected_batch=256, max_batch=320)
 """
@@ -23,6 +26,7 @@ run never reads them.
 import dataclasses
 import functools
 import math
+from typing import Tuple
 
 import numpy as np
 
@@ -49,6 +53,9 @@ class DpSgd:
   max_batch: int
   noise_multiplier: float
   delta: float
+  # Noise multipliers of Gaussian mechanisms run once on the private data before training (statistics such as
+  # a feature covariance, released with noise multiplier r: std r x their sensitivity), composed with the steps.
+  releases: Tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.dataset_size < 1:
@@ -62,19 +69,27 @@ class DpSgd:
       raise ConfigError(f"dp.delta={self.delta} must be in (0, 1), and below 1/N = {1 / self.dataset_size:.2g}")
     if self.noise_multiplier < 0 or not math.isfinite(self.noise_multiplier):
       raise ConfigError(f"dp.noise_multiplier={self.noise_multiplier} must be a finite number >= 0")
+    for r in self.releases:
+      if not r > 0 or not math.isfinite(r):
+        raise ConfigError(f"a release's noise multiplier ({r}) must be a finite number > 0")
 
   @property
   def sampling_probability(self) -> float:
     return self.expected_batch / self.dataset_size
 
   def epsilon(self, steps: int) -> float:
-    """Epsilon after `steps` steps at this delta (inf without noise; 0 after no step)."""
-    if steps <= 0:
-      return 0.0
-    if self.noise_multiplier == 0:
+    """Epsilon after the releases and `steps` steps at this delta (inf without noise; 0 with neither)."""
+    steps = max(int(steps), 0)
+    if steps and self.noise_multiplier == 0:
       return math.inf
-    return float(_step_pld(self.dataset_size, self.sampling_probability, self.max_batch, self.noise_multiplier)
-                 .self_compose(int(steps)).get_epsilon_for_delta(self.delta))
+    if not steps and not self.releases:
+      return 0.0
+    dist = _releases_pld(tuple(self.releases))
+    if steps:
+      run = _step_pld(self.dataset_size, self.sampling_probability, self.max_batch, self.noise_multiplier
+                      ).self_compose(steps)
+      dist = run if dist is None else run.compose(dist)
+    return float(dist.get_epsilon_for_delta(self.delta))
 
   def dp_event(self, steps: int = 1):
     """The `dp_accounting` event of `steps` steps (for other accountants or tools)."""
@@ -82,7 +97,10 @@ class DpSgd:
     event = dp_accounting.TruncatedSubsampledGaussianDpEvent(
         dataset_size=self.dataset_size, sampling_probability=self.sampling_probability,
         truncated_batch_size=self.max_batch, noise_multiplier=self.noise_multiplier)
-    return dp_accounting.SelfComposedDpEvent(event, int(steps))
+    run = dp_accounting.SelfComposedDpEvent(event, int(steps))
+    if not self.releases:
+      return run
+    return dp_accounting.ComposedDpEvent([*(dp_accounting.GaussianDpEvent(r) for r in self.releases), run])
 
 
 @functools.lru_cache(maxsize=8)
@@ -93,23 +111,44 @@ def _step_pld(dataset_size, q, max_batch, noise_multiplier):
       noise_multiplier=noise_multiplier, value_discretization_interval=DISCRETISATION)
 
 
+@functools.lru_cache(maxsize=8)
+def _releases_pld(releases):
+  """The composed PLD of Gaussian mechanisms of these noise multipliers (sensitivity 1), or None."""
+  from dp_accounting.pld import privacy_loss_distribution as pld
+  dist = None
+  for r in releases:
+    one = pld.from_gaussian_mechanism(r, value_discretization_interval=DISCRETISATION)
+    dist = one if dist is None else dist.compose(one)
+  return dist
+
+
 def calibrate_noise(target_epsilon: float, *, steps: int, dataset_size: int, expected_batch: float, max_batch: int,
-                    delta: float) -> float:
+                    delta: float, releases: Tuple[float, ...] = ()) -> float:
   """The smallest noise multiplier (to 0.1%) whose epsilon after `steps` steps is at most `target_epsilon`.
 
   Each epsilon is a PLD composition (~1 s on a 2-core CPU), so the search interpolates instead of halving:
   regula falsi on log epsilon against log sigma (nearly a straight line), Illinois variant, keeping a bracket
   [low, high] with epsilon(low) > target >= epsilon(high) until it is 0.1% wide; ~6 compositions instead of
-  bisection's ~13. Remembered per argument set (a study calibrates the same setting for every arm and seed)."""
+  bisection's ~13. Remembered per argument set (a study calibrates the same setting for every arm and seed).
+  `releases`: the noise multipliers of Gaussian mechanisms run once before training (`DpSgd.releases`); the
+  steps get what the budget leaves."""
   if not target_epsilon > 0 or not math.isfinite(target_epsilon):
     raise ConfigError(f"dp.target_epsilon={target_epsilon} must be a finite number > 0")
+  releases = tuple(float(r) for r in releases)
+  if releases:
+    spent = DpSgd(dataset_size=int(dataset_size), expected_batch=float(expected_batch), max_batch=int(max_batch),
+                  noise_multiplier=1.0, delta=float(delta), releases=releases).epsilon(0)
+    if spent >= target_epsilon:
+      raise ConfigError(f"the releases before training alone spend epsilon {spent:.3g} of the target "
+                        f"{target_epsilon:g}: release with more noise or allow a larger epsilon")
   return _calibrate(float(target_epsilon), int(steps), int(dataset_size), float(expected_batch), int(max_batch),
-                    float(delta))
+                    float(delta), releases)
 
 
 @functools.lru_cache(maxsize=64)
-def _calibrate(target_epsilon, steps, dataset_size, expected_batch, max_batch, delta) -> float:
-  params = dict(dataset_size=dataset_size, expected_batch=expected_batch, max_batch=max_batch, delta=delta)
+def _calibrate(target_epsilon, steps, dataset_size, expected_batch, max_batch, delta, releases=()) -> float:
+  params = dict(dataset_size=dataset_size, expected_batch=expected_batch, max_batch=max_batch, delta=delta,
+                releases=releases)
   # g(log sigma) = log epsilon - log target: positive below the answer, <= 0 at and above it
   g = lambda sigma: math.log(DpSgd(noise_multiplier=sigma, **params).epsilon(steps)) - math.log(target_epsilon)
   low, high = 1.0, 1.0
