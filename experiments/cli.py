@@ -7,6 +7,7 @@ import errno
 import os
 import sys
 import threading
+import warnings
 from typing import Callable
 
 from tlgan import stopping
@@ -21,23 +22,31 @@ def guarded(work: Callable[[], int], verbose: bool = False) -> int:
   try:
     return work()
   except CheckpointWriteError as e:
-    print(f"error: {e}", file=sys.stderr)
+    _last_line(f"error: {e}")
     _exit_now(2)
   except UserError as e:
     if verbose:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    _last_line(f"error: {e}")
     return 2
   except OSError as e:  # a full disk or a read-only folder while writing the other outputs
     if verbose or e.errno not in FILESYSTEM_FAULTS:
       raise
     what = f"cannot write {e.filename}" if e.filename else "writing the run's files failed"
-    print(f"error: {what} ({e.strerror}): free space or make the folder writable, then run the same command "
-          "(checkpoints already written are kept)", file=sys.stderr)
+    _last_line(f"error: {what} ({e.strerror}): free space or make the folder writable, then run the same command "
+               "(checkpoints already written are kept)")
     _exit_now(2)
   except stopping.Stopped as e:
-    print(f"stopped: {e}; files already written are kept: run the same command to continue", file=sys.stderr)
+    _last_line(f"stopped: {e}; files already written are kept: run the same command to continue")
     return stopping.EXIT_STOPPED
+
+
+def _last_line(text: str) -> None:
+  """Prints the run's final line and silences warnings for the rest of the process: what the interpreter's
+  shutdown collects (e.g. a coroutine that a library's abandoned asynchronous read never awaited, after a damaged
+  checkpoint) must not print a warning below the one line."""
+  print(text, file=sys.stderr)
+  warnings.simplefilter("ignore")
 
 
 def _thread_failed(args) -> None:

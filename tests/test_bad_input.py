@@ -216,3 +216,41 @@ def test_bad_input_one_line_error_and_nothing_changed(files, tmp_path, case):
   assert tree_hash(str(files)) == before  # no workdir, weights file or checkpoint touched
   assert not os.path.exists(tmp_path / "work")  # nothing created either
   assert not os.path.exists(files / "pwned")
+
+
+_LEAKING_WORK = """
+import sys
+from experiments import cli
+from tlgan import stopping
+from tlgan.errors import UserError
+
+async def pending():
+  pass
+
+def work():
+  global leak
+  leak = pending()  # an abandoned asynchronous read (Orbax's, of a damaged checkpoint): collected at shutdown
+  raise {error}
+
+sys.exit(cli.guarded(work))
+"""
+
+
+@pytest.mark.parametrize("error,status,last", [
+    ('UserError("no loadable checkpoint: move that folder away")', 2, "error: no loadable checkpoint: move that "
+                                                                      "folder away"),
+    ('stopping.Stopped("SIGTERM", "training")', 3, "stopped: SIGTERM received while training; files already "
+                                                    "written are kept: run the same command to continue"),
+])
+def test_nothing_the_shutdown_collects_prints_below_the_final_line(tmp_path, error, status, last):
+  """A coroutine never awaited, collected as the interpreter exits, warns on stderr (RuntimeWarning): after the
+  one `error:` or `stopped:` line, nothing more (CI once saw 'Enable tracemalloc ...' below a checkpoint error)."""
+  import subprocess
+  import sys
+  from tests.helpers import REPO
+  script = tmp_path / "work.py"
+  script.write_text(_LEAKING_WORK.format(error=error))
+  result = subprocess.run([sys.executable, str(script)], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == status, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [last]
