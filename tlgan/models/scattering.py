@@ -192,8 +192,8 @@ class ScatterLinear(_ScatterFront):
 class ScatterCNN(_ScatterFront):
   """Tramer & Boneh's ScatterNet + CNN (their MNIST_CNN on scattering features): the fixed front end, then
 
-      conv channels[0] 3x3/2 (padding 1) - tanh - conv channels[1] 3x3/1 (padding 1) - tanh
-      - dense `hidden` - tanh - dense (num_classes, named `fc`)
+      conv channels[0] 3x3/2 (padding 1) - tanh - conv channels[1] 3x3/1 (padding 1) - tanh (- any further
+      channels, 3x3/1) - dense `hidden` - tanh - dense (num_classes, named `fc`)
 
   33,066 parameters with their widths (16, 32, hidden 32) on Fashion-MNIST's 81x7x7 features. Nothing mixes
   examples. The flattening is NHWC (theirs is NCHW: the same network up to a permutation of `dense`'s rows).
@@ -205,7 +205,8 @@ class ScatterCNN(_ScatterFront):
   def __call__(self, x, train: bool = False):
     del train
     s = self.features(x)
-    for i, (width, stride) in enumerate(zip(self.channels, (2, 1))):
+    for i, width in enumerate(self.channels):  # the first convolution halves the map, the others keep it
+      stride = 2 if i == 0 else 1
       s = jnp.tanh(nn.Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), dtype=self.dtype,
                            kernel_init=_KERNEL_INIT, name=f"conv{i + 1}")(s))
     s = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_KERNEL_INIT, name="dense")(s.reshape(s.shape[0], -1))
