@@ -15,8 +15,12 @@ Variants (comma-separated after a colon):
                    parameters), DP-SGD with batch 8192, lr 32, momentum 0.9, C = 0.1, 40 epochs, EMA 0.99
     scatter_cnn    their ScatterNet + CNN: the same front end, then their small tanh CNN (33,066 parameters),
                    DP-SGD with batch 2048, lr 4, momentum 0.9, C = 0.1, 40 epochs
+    whitened       with scatternet or scatter_cnn: the features' channels whitened by W computed from the
+                   training set's channel second moment, released once with noise (multiplier 20) and counted in
+                   epsilon; the steps get what is left of the budget (model.precondition=channels)
     eps1, eps8     epsilon 1 or 8 instead of 3
-    nonprivate     the same recipe (Poisson batches, clipping) without noise: epsilon infinite
+    nonprivate     the same recipe (Poisson batches, clipping) without noise: epsilon infinite (with whitened:
+                   from the exact second moment)
     smoke          a tiny run for tests
 The noise is calibrated before training so that the whole run ends at dp.target_epsilon; every log line and
 TensorBoard carry epsilon so far; summary.json's `privacy` holds the accounting.
@@ -127,6 +131,13 @@ def scatter_cnn(config):
   config.dp.clip_norm = 0.1
 
 
+def whitened(config):
+  """With scatternet or scatter_cnn: the scattering features' channels whitened (model.precondition=channels) with
+  a release of their second moment of noise multiplier 20, composed with the steps in epsilon."""
+  config.model.precondition = "channels"
+  config.model.precondition_noise = 20.0
+
+
 def linear_probe(config):
   """DP training of the head only; the pretrained backbone stays frozen."""
   config.mode = "linear_probe"
@@ -146,6 +157,7 @@ def nonprivate(config):
   """The same recipe without noise (epsilon infinite): the non-private column."""
   config.dp.target_epsilon = 0.0
   config.dp.noise_multiplier = 0.0
+  config.model.precondition_noise = 0.0  # with whitened: the exact second moment
 
 
 def smoke(config):
@@ -163,5 +175,5 @@ def smoke(config):
 
 
 VARIANTS = {"digits": digits, "public_pretrain": public_pretrain, "tramer_boneh": tramer_boneh,
-            "scatternet": scatternet, "scatter_cnn": scatter_cnn, "linear_probe": linear_probe, "eps1": eps1,
+            "scatternet": scatternet, "scatter_cnn": scatter_cnn, "whitened": whitened, "linear_probe": linear_probe, "eps1": eps1,
             "eps8": eps8, "nonprivate": nonprivate, "smoke": smoke}

@@ -50,6 +50,10 @@ def get_config(arg=None):
   config.model.zero_init_residual = False
   config.model.norm = "batch"  # 'group' (GroupNorm) or 'frozen_batch' (BatchNorm in inference mode): DP-safe
   config.model.norm_groups = 32  # GroupNorm groups per layer (fewer in layers with fewer channels)
+  # ScatterNet models in DP runs: 'channels' whitens the features' channels with W computed from a noisy release of
+  # the training set's channel second moment (noise multiplier precondition_noise; 0: exact, only without noise)
+  config.model.precondition = "none"
+  config.model.precondition_noise = 20.0
 
   config.init = ml_collections.ConfigDict()
   config.init.weights = "weights/resnet18.msgpack"  # tlgan weights file; '' = random init

@@ -388,6 +388,11 @@ def test_dp_configs_refuse_what_cannot_be_private_in_one_line():
   with pytest.raises(ConfigError, match=r"dp.delta=0.01 is not below 1/N = 0.000795 \(N = 1258 training examples\)"):
     private_trainer.plan(config, dataset_size=1258, total_steps=6, largest_trainable=1000)
   config = private_config.get_config("digits,smoke")
+  config.batch_size = 2000  # more than the training set (a recipe for 60,000 examples on 1,258)
+  with pytest.raises(ConfigError, match=r"batch_size=2000 \(the expected Poisson batch\) exceeds the 1258 training "
+                                        r"examples: set batch_size to at most 1258"):
+    private_trainer.plan(config, dataset_size=1258, total_steps=6, largest_trainable=1000)
+  config = private_config.get_config("digits,smoke")
   config.dp.target_epsilon, config.dp.noise_multiplier, config.dp.max_epsilon = 0.0, 0.5, 0.5
   with pytest.raises(ConfigError, match=r"6 steps reach epsilon .* > dp.max_epsilon=0.5 .*: train at most \d+ steps"):
     private_trainer.plan(config, dataset_size=1258, total_steps=6, largest_trainable=1000)

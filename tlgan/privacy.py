@@ -21,6 +21,7 @@ run never reads them.
     DpSgd(..., releases=(20.0,))  # and a statistic released once before training, noise multiplier 20
     sigma = calibrate_noise(3.0, steps=14062, dataset_size=60000, expected_batch=256, max_batch=320, delta=1e-5)
     indices, mask = poisson_batch(seed=0, step=7, dataset_size=60000, expected_batch=256, max_batch=320)
+    moment = noisy_second_moment(features, norm_bound_sq=3969.0, noise_multiplier=20.0, seed=0)  # one release
 """
 
 import dataclasses
@@ -34,6 +35,7 @@ from tlgan.errors import ConfigError
 
 DISCRETISATION = 1e-3  # the PLD's value discretisation interval (pessimistic estimate: an upper bound)
 _SAMPLING_TAG = 0xD9  # keeps the sampling stream apart from any other NumPy stream seeded with (seed, step)
+_RELEASE_TAG = 0x5EC0  # the noise stream of `noisy_second_moment`
 
 
 def default_max_batch(expected_batch: float, dataset_size: int, multiple: int = 1) -> int:
@@ -41,7 +43,7 @@ def default_max_batch(expected_batch: float, dataset_size: int, multiple: int = 
   count): truncation then almost never happens and costs ~1% of epsilon (0.4% in Abadi et al.'s setting);
   truncating at the expected batch itself would multiply epsilon by ~5."""
   q = expected_batch / dataset_size
-  size = math.ceil(expected_batch + 4.0 * math.sqrt(expected_batch * (1.0 - q)))
+  size = math.ceil(expected_batch + 4.0 * math.sqrt(expected_batch * max(1.0 - q, 0.0)))  # q > 1: DpSgd refuses it
   return min(-(-size // multiple) * multiple, -(-dataset_size // multiple) * multiple)
 
 
@@ -197,3 +199,41 @@ def poisson_batch(*, seed: int, step: int, dataset_size: int, expected_batch: fl
   mask = np.zeros(max_batch, bool)
   mask[:count] = True
   return indices, mask
+
+
+def noisy_second_moment(features: np.ndarray, *, norm_bound_sq: float, noise_multiplier: float, seed: int,
+                        chunk: int = 2048) -> np.ndarray:
+  """The Gaussian mechanism on the channel second moment of `features` (N, ..., C): (S + E) / (N P), float64
+  (C, C), with S = sum over examples n and positions p of z_np z_np^T and P the positions per example.
+
+  Sensitivity: each example's features are first scaled down, if need be, to squared L2 norm `norm_bound_sq`
+  (B), so its term sum_p z_p z_p^T has Frobenius norm <= sum_p |z_p|^2 <= B: adding or removing one example
+  moves S by at most B, and S's upper triangle (diagonal included, the vector released) by no more. E is
+  symmetric, its upper triangle i.i.d. N(0, (noise_multiplier B)^2); mirroring it is post-processing. One release of noise multiplier
+  `noise_multiplier` in `DpSgd.releases`' units. B must not depend on the data (a bound that holds for every
+  possible example, e.g. the feature count for GroupNorm'd features), or the release leaks it. N (the
+  training set's size) is treated as public, as the DP-SGD accounting does. The noise is a function of `seed`
+  alone: a rerun releases the same matrix. `noise_multiplier` 0: the exact moment (not private)."""
+  if not norm_bound_sq > 0 or not math.isfinite(norm_bound_sq):
+    raise ValueError(f"norm_bound_sq={norm_bound_sq} must be a finite number > 0")
+  if not noise_multiplier >= 0 or not math.isfinite(noise_multiplier):
+    raise ValueError(f"noise_multiplier={noise_multiplier} must be a finite number >= 0")
+  n, c = len(features), features.shape[-1]
+  if n < 1:
+    raise ValueError("a second moment of no examples")
+  positions = int(np.prod(features.shape[1:-1], dtype=np.int64))
+  total = np.zeros((c, c), np.float64)
+  for i in range(0, n, chunk):
+    z = np.asarray(features[i:i + chunk], np.float64).reshape(-1, positions, c)
+    sq = np.einsum("npc,npc->n", z, z)
+    scale = np.sqrt(norm_bound_sq / np.maximum(sq, norm_bound_sq))  # 1 unless the example exceeds the bound
+    z = z * scale[:, None, None]
+    flat = z.reshape(-1, c)
+    total += flat.T @ flat
+  if not np.all(np.isfinite(total)):
+    raise ValueError("the features hold NaN or inf: their second moment is undefined")
+  if noise_multiplier:
+    rng = np.random.default_rng([_RELEASE_TAG, int(seed) & 0xFFFFFFFFFFFFFFFF])
+    noise = np.triu(rng.normal(0.0, noise_multiplier * norm_bound_sq, (c, c)))
+    total += noise + np.triu(noise, 1).T
+  return total / (n * positions)

@@ -121,8 +121,9 @@ def init_state(rng, model: nn.Module, tx: optax.GradientTransformation, *, image
   return ClassifierState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                          opt_state=tx.init(params), model=model, tx=tx, num_classes=num_classes,
                          label_smoothing=label_smoothing,
-                         bn_train=(mode == "full" and getattr(model, "norm", "batch") == "batch"
-                                   and bool(variables.get("batch_stats"))))  # a model without BatchNorm: False
+                         # a model without BatchNorm (batch_stats empty, or only fixed statistics): False
+                         bn_train=(mode == "full" and getattr(model, "norm", None) == "batch"
+                                   and bool(variables.get("batch_stats"))))
 
 
 def _mean_over(axis_name, tree):

@@ -27,7 +27,7 @@ from tlgan import (config_checks, data, files, host_preprocessing, parallel, pre
                    streaming)
 from tlgan.checkpoint import Checkpointer
 from tlgan.errors import ConfigError
-from tlgan.models import small_cnn
+from tlgan.models import scattering, small_cnn
 from tlgan.models.layers import COMPUTE_DTYPES, IMPLS
 from tlgan.models.resnet import NORMS, STEMS
 from tlgan.pretrained import IMAGENET_MEAN, IMAGENET_STD
@@ -44,7 +44,7 @@ CHOICES = {
     "data.name": data.DATASETS, "mode": clf.MODES, "optim.name": clf.OPTIMIZERS, "model.arch": RESNETS + SMALL,
     "model.stem": STEMS, "model.dtype": COMPUTE_DTYPES, "model.conv_impl": IMPLS, "parallel.mode": parallel.MODES,
     "model.channels": (1, 3), "data.pipeline": streaming.PIPELINES, "data.file_format": data.FILE_FORMATS,
-    "model.norm": NORMS,
+    "model.norm": NORMS, "model.precondition": private.PRECONDITIONS,
 }
 _N = config_checks
 # Every numeric field (but model.channels, a choice), by meaning.
@@ -60,7 +60,7 @@ NUMBERS = {
     "optim.learning_rate": _N.POSITIVE, "optim.backbone_lr_factor": _N.NON_NEGATIVE, "optim.momentum": _N.FRACTION,
     "optim.weight_decay": _N.NON_NEGATIVE, "optim.warmup_epochs": _N.NON_NEGATIVE,
     "optim.label_smoothing": _N.FRACTION, "optim.ema_decay": _N.FRACTION, "augment.crop_padding": _N.NON_NEGATIVE_INT,
-    "model.norm_groups": _N.POSITIVE_INT, **private.numbers(),
+    "model.norm_groups": _N.POSITIVE_INT, "model.precondition_noise": _N.NON_NEGATIVE, **private.numbers(),
 }
 
 
@@ -74,12 +74,14 @@ def check_config(config, prefix: str = "") -> None:
     raise ConfigError(f"{prefix}model.num_classes={config.model.num_classes} but {config.data.name} has "
                       f"{spec.num_classes} classes: set --config.{prefix}model.num_classes=0 (from the dataset)")
   private.check_config(config, prefix)
+  private.check_precondition(config, prefix)
 
 
 def build_model(config, num_classes: int, axis_name=None):
   m = config.model
   if m.arch in small_cnn.ARCHS:
-    return small_cnn.ARCHS[m.arch](num_classes=num_classes, dtype=COMPUTE_DTYPES[m.dtype])
+    extra = {"precondition": True} if private.preconditioned(config) else {}  # a W in batch_stats (identity)
+    return small_cnn.ARCHS[m.arch](num_classes=num_classes, dtype=COMPUTE_DTYPES[m.dtype], **extra)
   return pretrained.model_for(m.arch, num_classes, stem=m.stem, width=m.width, dtype=COMPUTE_DTYPES[m.dtype],
                               conv_impl=m.conv_impl, zero_init_residual=m.zero_init_residual, axis_name=axis_name,
                               norm=m.norm, norm_groups=m.norm_groups)
@@ -318,6 +320,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                          ((train_x, config.data.train_split), (test_x, config.data.test_split)))
       state = state.replace(model=state.model.clone(precomputed=True))
       train_map = eval_map = _unchanged
+      if private.preconditioned(config) and restored is None:  # else W comes with the checkpoint
+        w = private.channel_preconditioner(train_x, noise_multiplier=config.model.precondition_noise,
+                                           seed=config.seed)
+        state = state.replace(batch_stats={**state.batch_stats, scattering.PRECONDITION: jnp.asarray(w)})
     batches = private.batches(train_x, shards[0].labels, dp_plan, seed=config.seed, start_step=start,
                               map_fn=train_map)
   elif pipeline == "streaming":  # the same batches, without TensorFlow

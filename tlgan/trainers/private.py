@@ -19,7 +19,7 @@ import numpy as np
 
 from tlgan import privacy, stopping
 from tlgan.errors import ConfigError
-from tlgan.models import small_cnn
+from tlgan.models import scattering, small_cnn
 from tlgan.steps import private as private_step
 
 def numbers():
@@ -30,6 +30,9 @@ def numbers():
           "dp.microbatch": n.NON_NEGATIVE_INT}
 
 
+# model.precondition: 'none', or 'channels': the ScatterNet features' channels whitened (`scattering.channel_whitening`)
+# with a noisy release of the training set's channel second moment (`privacy.noisy_second_moment`), before training
+PRECONDITIONS = ("none", "channels")
 SAMPLING = "truncated Poisson (each example with probability q, at most max_batch kept)"
 ACCOUNTANT = "PLD (dp_accounting, TruncatedSubsampledGaussianDpEvent), add-or-remove-one"
 # dp.microbatch 0 (auto): examples per pass of per-example gradient norms such that the largest per-example
@@ -84,6 +87,29 @@ def check_config(config, prefix: str = "") -> None:
                       f"holds the whole training set and samples the same Poisson batch; set {prefix}data.num_shards=0")
 
 
+def preconditioned(config) -> bool:
+  return config.model.get("precondition", "none") != "none"
+
+
+def check_precondition(config, prefix: str = "") -> None:
+  """What a classifier config with model.precondition refuses (one line each)."""
+  if not preconditioned(config):
+    return
+  m, p = config.model, prefix
+  if not issubclass(small_cnn.ARCHS.get(m.arch, type(None)), scattering.ScatterFront):
+    raise ConfigError(f"{p}model.precondition={m.precondition} whitens scattering features: it applies to "
+                      f"{p}model.arch=scatter_linear or scatter_cnn, not {m.arch}; set {p}model.precondition=none")
+  if not enabled(config):
+    raise ConfigError(f"{p}model.precondition={m.precondition} is computed by the DP trainer: set {p}dp.enabled=True "
+                      f"(with {p}dp.noise_multiplier=0 and {p}model.precondition_noise=0 for a non-private run)")
+  if config.augment.crop_padding or config.augment.flip:
+    raise ConfigError(f"{p}model.precondition={m.precondition} needs the features computed once per image, without "
+                      f"augmentation: set {p}augment.crop_padding=0 and {p}augment.flip=False")
+  if not m.precondition_noise and (config.dp.noise_multiplier or config.dp.target_epsilon):
+    raise ConfigError(f"{p}model.precondition_noise=0 releases the private features' second moment without noise "
+                      f"in a private run: set it > 0 (20 in configs/private.py:scatternet_whitened)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
   dp: privacy.DpSgd
@@ -98,7 +124,8 @@ class Plan:
             "noise_calibrated_to_target": self.calibrated, "clip_norm": self.clip_norm,
             "expected_batch": self.dp.expected_batch, "max_batch": self.dp.max_batch,
             "dataset_size": self.dp.dataset_size, "sampling_probability": self.dp.sampling_probability,
-            "steps": steps, "sampling": SAMPLING, "accountant": ACCOUNTANT}
+            "steps": steps, "sampling": SAMPLING, "accountant": ACCOUNTANT,
+            "releases_before_training": list(self.dp.releases)}
 
 
 def default_delta(dataset_size: int) -> float:
@@ -114,6 +141,9 @@ def plan(config, *, dataset_size: int, total_steps: int, largest_trainable: int)
   if delta >= 1.0 / dataset_size:
     raise ConfigError(f"dp.delta={delta:g} is not below 1/N = {1 / dataset_size:.3g} (N = {dataset_size} training "
                       f"examples): set dp.delta=0 ({default_delta(dataset_size):g}) or a smaller value")
+  if config.batch_size > dataset_size:
+    raise ConfigError(f"batch_size={config.batch_size} (the expected Poisson batch) exceeds the {dataset_size} "
+                      f"training examples: set batch_size to at most {dataset_size}")
   max_batch = d.max_batch or privacy.default_max_batch(config.batch_size, dataset_size, multiple=8 * devices)
   if max_batch % devices:
     raise ConfigError(f"dp.max_batch={max_batch} is not divisible by the {devices} devices: set a multiple of "
@@ -121,7 +151,11 @@ def plan(config, *, dataset_size: int, total_steps: int, largest_trainable: int)
   if config.batch_size > max_batch:
     raise ConfigError(f"batch_size={config.batch_size} (the expected batch) exceeds dp.max_batch={max_batch}: "
                       "set dp.max_batch=0 (automatic) or larger")
-  params = dict(dataset_size=dataset_size, expected_batch=float(config.batch_size), max_batch=max_batch, delta=delta)
+  # a statistic released once before training (model.precondition) is composed with the steps
+  releases = ((float(config.model.precondition_noise),)
+              if preconditioned(config) and config.model.precondition_noise else ())
+  params = dict(dataset_size=dataset_size, expected_batch=float(config.batch_size), max_batch=max_batch, delta=delta,
+                releases=releases)
   sigma = d.noise_multiplier
   if d.target_epsilon:
     sigma = privacy.calibrate_noise(d.target_epsilon, steps=total_steps, **params)
@@ -140,9 +174,10 @@ def plan(config, *, dataset_size: int, total_steps: int, largest_trainable: int)
   result = Plan(dp=dp, clip_norm=float(d.clip_norm), microbatch=None if microbatch == per_device else microbatch,
                 calibrated=bool(d.target_epsilon))
   logging.info("DP-SGD: N=%d, q=%.5f (expected batch %g, at most %d), sigma=%.4f%s, C=%g, delta=%g; after %d steps "
-               "epsilon=%.3f; per-example gradient norms in micro-batches of %d", dataset_size, dp.sampling_probability,
-               dp.expected_batch, max_batch, sigma, " (calibrated)" if d.target_epsilon else "", d.clip_norm, delta,
-               total_steps, dp.epsilon(total_steps), microbatch)
+               "epsilon=%.3f%s; per-example gradient norms in micro-batches of %d", dataset_size,
+               dp.sampling_probability, dp.expected_batch, max_batch, sigma, " (calibrated)" if d.target_epsilon else "",
+               d.clip_norm, delta, total_steps, dp.epsilon(total_steps),
+               f" (with a release of noise multiplier {releases[0]:g} before training)" if releases else "", microbatch)
   if sigma == 0:
     logging.warning("DP-SGD without noise (dp.noise_multiplier=0): clipped, Poisson-sampled, and NOT private")
   stopping.check("computing the privacy accounting")  # calibration can take a while: a stop asked then ends here
@@ -190,6 +225,25 @@ def batches(images: np.ndarray, labels: np.ndarray, plan_: Plan, *, seed: int, s
                                           expected_batch=dp.expected_batch, max_batch=dp.max_batch)
     batch = map_fn({"image": images[indices], "label": labels[indices]}, step, 0)
     yield {"image": batch["image"][mine], "label": batch["label"][mine].astype(np.int32), "mask": mask[mine]}
+
+
+def channel_preconditioner(features: np.ndarray, *, noise_multiplier: float, seed: int) -> np.ndarray:
+  """W for `ScatterFront.precondition` from a ScatterNet model's training features (N, H, W, C), computed once
+  before training: `scattering.channel_whitening` of `privacy.noisy_second_moment`, the release that `plan`
+  composes with the steps (model.precondition_noise).
+
+  The sensitivity bound B is the feature count H W C, which holds for every possible image, not just these:
+  the features are GroupNorm'd without affine parameters, and a group of n values standardised with its own
+  mean and variance has squares summing to n var / (var + eps) <= n. (`noisy_second_moment` also scales down
+  any example above B, so a rounding error cannot break the bound.)"""
+  bound = float(np.prod(features.shape[1:]))
+  moment = privacy.noisy_second_moment(features, norm_bound_sq=bound, noise_multiplier=noise_multiplier, seed=seed)
+  w = scattering.channel_whitening(moment)
+  eigen = np.linalg.eigvalsh(w.astype(np.float64))
+  logging.info("channel preconditioner: second moment of %d examples x %d positions released with noise multiplier "
+               "%g (sensitivity %g); W's eigenvalues %.3f..%.3f", len(features), int(np.prod(features.shape[1:-1])),
+               noise_multiplier, bound, eigen.min(), eigen.max())
+  return w
 
 
 def epsilon_hook(plan_: Plan) -> Callable:
