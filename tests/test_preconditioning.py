@@ -168,6 +168,10 @@ def _config(variants="digits,scatternet,whitened", **fields):
     ("digits,scatternet,whitened", {"augment.crop_padding": 2}, r"set augment.crop_padding=0"),
     ("digits,scatternet,whitened", {"model.precondition_noise": 0.0},
      r"model.precondition_noise=0 releases the private features' second moment without noise in a private run"),
+    ("digits,scatternet,whitened", {"model.precondition_noise": 1e-3},
+     r"model.precondition_noise=0.001 is outside \[0.1, 10000\]"),
+    ("digits,scatternet,whitened,nonprivate", {"dp.noise_multiplier": 1e5},
+     r"dp.noise_multiplier=100000 is outside \[0.1, 10000\]"),
     ("digits,scatternet,whitened,eps1", {"model.precondition_noise": 0.0, "dp.target_epsilon": 0.0,
                                          "dp.noise_multiplier": 1.0}, r"model.precondition_noise=0 releases"),
 ])

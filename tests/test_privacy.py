@@ -113,10 +113,26 @@ def test_a_bad_release_is_refused_in_one_line(release):
     (dict(delta=1.0), "delta=1.0 must be in"),
     (dict(noise_multiplier=float("nan")), "noise_multiplier=nan must be"),
     (dict(max_batch=0), "max_batch=0 must be at least 1"),
+    # noise the accountant cannot take: its PLD would not fit in memory (4 GB at 1e-3), or would overflow
+    (dict(noise_multiplier=1e-3), r"dp.noise_multiplier=0.001 is outside \[0.1, 10000\]: below, epsilon is in the "
+                                  r"hundreds .* \(or 0: no noise, not private\)"),
+    (dict(noise_multiplier=1e300), r"dp.noise_multiplier=1e\+300 is outside \[0.1, 10000\]"),
+    (dict(releases=(1e-3,)), r"a release's noise multiplier=0.001 is outside \[0.1, 10000\]"),
+    (dict(releases=(1.0, 1e5)), r"a release's noise multiplier=100000 is outside"),
 ])
 def test_bad_privacy_parameters_are_refused_in_one_line(bad, message):
-  with pytest.raises(ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message) as e:
     privacy.DpSgd(**{**ABADI, "max_batch": 320, **bad})
+  assert "\n" not in str(e.value)
+
+
+def test_a_large_target_calibrates_to_the_least_noise_the_accountant_takes():
+  """epsilon 1,000 is reached with less noise than 0.1: the calibration stops there (more noise than needed,
+  epsilon below the target) instead of building PLDs that do not fit in memory."""
+  params = dict(dataset_size=1258, expected_batch=16.0, max_batch=40, delta=1e-4)
+  sigma = privacy.calibrate_noise(1000.0, steps=40, **params)
+  assert privacy.NOISE_RANGE[0] <= sigma <= 2 * privacy.NOISE_RANGE[0]
+  assert privacy.DpSgd(noise_multiplier=sigma, **params).epsilon(40) <= 1000.0
 
 
 def test_poisson_batches_include_each_example_with_probability_q_and_depend_on_seed_and_step_only():

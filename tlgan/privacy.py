@@ -34,6 +34,10 @@ import numpy as np
 from tlgan.errors import ConfigError
 
 DISCRETISATION = 1e-3  # the PLD's value discretisation interval (pessimistic estimate: an upper bound)
+# The noise multipliers the accountant takes (0 aside: no noise). Below 0.1 epsilon is in the hundreds and the PLD of
+# one step no longer fits in memory (its privacy loss spans ~1/sigma^2 at DISCRETISATION: 4 GB at 1e-3); above
+# 1e4 epsilon is 0 to the accountant's precision, and near 1e300 the PLD overflows.
+NOISE_RANGE = (0.1, 1e4)
 _SAMPLING_TAG = 0xD9  # keeps the sampling stream apart from any other NumPy stream seeded with (seed, step)
 _RELEASE_TAG = 0x5EC0  # the noise stream of `noisy_second_moment`
 
@@ -45,6 +49,16 @@ def default_max_batch(expected_batch: float, dataset_size: int, multiple: int = 
   q = expected_batch / dataset_size
   size = math.ceil(expected_batch + 4.0 * math.sqrt(expected_batch * max(1.0 - q, 0.0)))  # q > 1: DpSgd refuses it
   return min(-(-size // multiple) * multiple, -(-dataset_size // multiple) * multiple)
+
+
+def check_noise(name: str, value: float, zero_allowed: bool = False) -> None:
+  """Refuses, in one line, a noise multiplier outside NOISE_RANGE (0 too unless `zero_allowed`)."""
+  if (value == 0 and zero_allowed) or NOISE_RANGE[0] <= value <= NOISE_RANGE[1]:
+    return
+  low, high = NOISE_RANGE
+  raise ConfigError(f"{name}={value:g} is outside [{low:g}, {high:g}]: below, epsilon is in the hundreds (not private) "
+                    f"and its accounting does not fit in memory; above, epsilon is 0 to the accountant's precision; "
+                    f"choose a value in that range{' (or 0: no noise, not private)' if zero_allowed else ''}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +85,11 @@ class DpSgd:
       raise ConfigError(f"dp.delta={self.delta} must be in (0, 1), and below 1/N = {1 / self.dataset_size:.2g}")
     if self.noise_multiplier < 0 or not math.isfinite(self.noise_multiplier):
       raise ConfigError(f"dp.noise_multiplier={self.noise_multiplier} must be a finite number >= 0")
+    check_noise("dp.noise_multiplier", self.noise_multiplier, zero_allowed=True)
     for r in self.releases:
       if not r > 0 or not math.isfinite(r):
         raise ConfigError(f"a release's noise multiplier ({r}) must be a finite number > 0")
+      check_noise("a release's noise multiplier", r)
 
   @property
   def sampling_probability(self) -> float:
@@ -163,7 +179,7 @@ def _calibrate(target_epsilon, steps, dataset_size, expected_batch, max_batch, d
     g_high = g(high)
   while g_low <= 0:  # ... or halve until it is not
     high, g_high, low = low, g_low, low / 2.0
-    if low < 1e-3:
+    if low < NOISE_RANGE[0]:  # the least noise the accountant takes already meets the target
       return high
     g_low = g(low)
   side = 0

@@ -70,6 +70,7 @@ def check_config(config, prefix: str = "") -> None:
     if config.transfer.init_workdir:
       raise ConfigError("dp.enabled with transfer.init_workdir: a D trained elsewhere may have seen this private "
                         "data without accounting: set transfer.init_workdir=''")
+  privacy.check_noise(f"{prefix}dp.noise_multiplier", d.noise_multiplier, zero_allowed=True)
   if d.target_epsilon and d.noise_multiplier:
     raise ConfigError(f"{prefix}dp.target_epsilon={d.target_epsilon} and {prefix}dp.noise_multiplier="
                       f"{d.noise_multiplier} both set the noise: set one of them to 0")
@@ -105,6 +106,7 @@ def check_precondition(config, prefix: str = "") -> None:
   if config.augment.crop_padding or config.augment.flip:
     raise ConfigError(f"{p}model.precondition={m.precondition} needs the features computed once per image, without "
                       f"augmentation: set {p}augment.crop_padding=0 and {p}augment.flip=False")
+  privacy.check_noise(f"{p}model.precondition_noise", m.precondition_noise, zero_allowed=True)
   if not m.precondition_noise and (config.dp.noise_multiplier or config.dp.target_epsilon):
     raise ConfigError(f"{p}model.precondition_noise=0 releases the private features' second moment without noise "
                       f"in a private run: set it > 0 (20 in configs/private.py:scatternet_whitened)")
