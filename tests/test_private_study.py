@@ -99,6 +99,32 @@ def test_study_grid_every_run_config(tmp_path, monkeypatch):
   assert "(2 seeds)" in table and "—" not in table and "on Some CPU" in table
 
 
+def test_fashion_recipes_are_rows_of_their_own(tmp_path, monkeypatch):
+  """configs/private_study.py:scatternet: ScatterNet + linear with and without private whitening, every epsilon,
+  3 seeds, each recipe exactly configs/private.py's (the same config a run of the recipe with :epsN would have,
+  so finished runs moved into the study's folders are reused), and one table row per recipe."""
+  from configs import private
+  from configs.private_study import get_config
+  seen = _fake_classifier(monkeypatch)
+  summary = private_study.train_and_evaluate(get_config("scatternet"), str(tmp_path))
+  assert summary["status"] == "completed" and len(seen) == 3 * 2 * 4
+  names = [w[len(str(tmp_path)) + 1:] for w, _ in seen]
+  assert names[:5] == ["fashion_mnist/eps1/scatternet/seed0", "fashion_mnist/eps3/scatternet/seed0",
+                       "fashion_mnist/eps8/scatternet/seed0", "fashion_mnist/nonprivate/scatternet/seed0",
+                       "fashion_mnist/eps1/scatternet+whitened/seed0"]
+  by_variant = {"eps1": "eps1", "eps3": "", "eps8": "eps8", "nonprivate": "nonprivate"}
+  for name, (_, run) in zip(names, seen):
+    _, eps_folder, arm, seed = name.split("/")
+    own = private.get_config(",".join(v for v in (arm.replace("+", ","), by_variant[eps_folder]) if v))
+    own.seed = int(seed[4:])
+    assert run.to_dict() == own.to_dict(), name
+  lines = (tmp_path / "results.md").read_text().splitlines()
+  rows = [line for line in lines if line.startswith("| tlgan:")]
+  assert [r.split(" | ")[0] for r in rows] == ["| tlgan: ScatterNet + linear",
+                                               "| tlgan: ScatterNet + linear, privately whitened features"]
+  assert all(r.count("(3 seeds)") == 4 for r in rows)
+
+
 def test_study_stopped_midway_keeps_its_rows(tmp_path, monkeypatch):
   from configs.private_study import get_config
   seen = _fake_classifier(monkeypatch, stop_at=4)
@@ -127,7 +153,15 @@ def test_table_averages_seeds_and_leaves_missing_cells_empty():
     ("epsilons", (), "epsilons is empty"), ("seeds,fashion_seeds", ((), ()), "seeds and fashion_seeds are both empty"),
     ("digits.dp.enabled", False, "digits.dp.enabled is False"),
     ("epsilons", (-1.0,), "epsilons must be"), ("epsilons", (3.0, 3.0), "repeats a value"),
-    ("fashion_seeds", (0, 0), r"fashion_seeds=\(0, 0\) repeats a value")])
+    ("fashion_seeds", (0, 0), r"fashion_seeds=\(0, 0\) repeats a value"),
+    ("fashion_recipes", ("scatternet", "scatternet"), "repeats a recipe"),
+    ("fashion_recipes", (), "fashion_recipes is empty but fashion_seeds is not"),
+    ("fashion_recipes", ("", 3), "must be strings"),
+    ("fashion_recipes", ("nosuch",), "fashion_recipes entry 'nosuch': unknown variant 'nosuch' of configs/private.py"),
+    ("fashion_recipes", ("scatternet,eps1",), "the variant 'eps1' sets what the study sets itself"),
+    ("fashion_recipes", ("digits,scatternet",), "the variant 'digits' sets what the study sets itself"),
+    ("fashion_recipes", ("tramer_boneh,whitened",), "fashion_recipes entry 'tramer_boneh,whitened': "
+                                                    "model.precondition=channels whitens scattering features")])
 def test_refusals(field, value, message):
   from configs.private_study import get_config
   config = get_config("smoke")
@@ -156,6 +190,9 @@ def test_models_are_named_from_the_config():
   from configs import private
   assert private_study.describe_model(private.get_config()) == "GroupNorm ResNet18 (width 16)"
   assert private_study.describe_model(private.get_config("tramer_boneh")) == "tanh_cnn"
+  assert private_study.describe_model(private.get_config("scatter_cnn")) == "ScatterNet + CNN"
+  assert (private_study.describe_model(private.get_config("scatternet,whitened"))
+          == "ScatterNet + linear, privately whitened features")
 
 
 def test_merge_of_processes_split_by_seed(tmp_path, monkeypatch):

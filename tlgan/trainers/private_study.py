@@ -32,6 +32,11 @@ ARMS = (("scratch", "from scratch", False, "full"),
 # Table 1 (Fashion-MNIST, epsilon = 3, delta = 1e-5; also in their repository's README, ftramer/Handcrafted-DP).
 TRAMER_BONEH = {"end-to-end CNN": 86.0, "ScatterNet + linear": 89.7, "ScatterNet + CNN": 89.0}
 
+# Rows of the Fashion-MNIST table besides config.fashion (recipe ''): configs/private.py variants, e.g. 'scatternet'
+# or 'scatternet,whitened'; each runs at every epsilon and fashion seed, in fashion_mnist/<eps>/<recipe>/seed<s>
+# ('+' for ','), and takes none of the fashion.* overrides.
+STUDY_SETS = ("eps1", "eps8", "nonprivate", "digits", "public_pretrain")  # variants a recipe may not name
+
 NUMBERS = {"epsilons": config_checks.NON_NEGATIVE, "seeds": config_checks.NON_NEGATIVE_INT,
            "fashion_seeds": config_checks.NON_NEGATIVE_INT, "probe_learning_rate": config_checks.POSITIVE}
 SUBS = ("pretrain", "digits", "fashion")
@@ -48,10 +53,46 @@ def check_config(config) -> None:
     raise ConfigError("seeds and fashion_seeds are both empty: nothing to run; give at least one seed")
   for name in SUBS:  # all three before the first minute of pretraining
     classifier.check_config(config[name], prefix=f"{name}.")
+  recipes = tuple(config.fashion_recipes)
+  if not all(isinstance(r, str) for r in recipes):
+    raise ConfigError(f"fashion_recipes={recipes} must be strings: '' (the fashion config) or configs/private.py "
+                      "variants such as 'scatternet,whitened'")
+  if config.fashion_seeds and not recipes:
+    raise ConfigError("fashion_recipes is empty but fashion_seeds is not: give '' (the fashion config) or "
+                      "configs/private.py variants, or set fashion_seeds=() to leave Fashion-MNIST out")
+  if len(set(recipes)) != len(recipes):
+    raise ConfigError(f"fashion_recipes={recipes} repeats a recipe (the runs would share a folder): list each once")
+  for recipe in recipes:
+    if recipe:
+      recipe_config(recipe)  # refuses what it cannot run, naming the recipe
   for name in ("digits", "fashion"):
     if not config[name].dp.enabled:
       raise ConfigError(f"{name}.dp.enabled is False: the study's {name} runs are the private ones; "
                         f"set {name}.dp.enabled=True")
+
+
+def recipe_config(recipe: str):
+  """configs/private.py with the variants `recipe` (a fashion_recipes entry), checked: a private Fashion-MNIST
+  recipe whose epsilon the study sets."""
+  from configs import private, variants
+  where = f"fashion_recipes entry {recipe!r}"
+  for name in variants.names(recipe):
+    if name in STUDY_SETS:
+      raise ConfigError(f"{where}: the variant {name!r} sets what the study sets itself (data, epsilon): "
+                        "give recipes such as 'scatternet' or 'scatternet,whitened'")
+  try:
+    config = private.get_config(recipe)
+  except variants.VariantError as e:
+    raise ConfigError(f"{where}: {e}") from None
+  if config.data.name != "fashion_mnist" or not config.dp.enabled:
+    raise ConfigError(f"{where} is not a private Fashion-MNIST recipe: give configs/private.py variants such as "
+                      "'scatternet'")
+  classifier.check_config(config, prefix=f"{where}: ")
+  return config
+
+
+def recipe_folder(recipe: str) -> str:
+  return recipe.replace(",", "+") if recipe else "scratch"
 
 
 def epsilon_label(eps: float) -> str:
@@ -68,7 +109,8 @@ def describe_model(config) -> str:
   if m.arch in classifier.RESNETS:
     norm = {"group": "GroupNorm ", "frozen_batch": "frozen-BatchNorm ", "batch": ""}.get(m.norm, "")
     return f"{norm}ResNet{m.arch[6:]} (width {m.width})"
-  return m.arch
+  name = {"scatter_linear": "ScatterNet + linear", "scatter_cnn": "ScatterNet + CNN"}.get(m.arch, m.arch)
+  return name + (", privately whitened features" if m.get("precondition", "none") != "none" else "")
 
 
 def _run_config(base, *, seed: int, epsilon: float, weights: str = "", mode: str = "full",
@@ -78,6 +120,8 @@ def _run_config(base, *, seed: int, epsilon: float, weights: str = "", mode: str
   config.seed = seed
   config.dp.target_epsilon = float(epsilon)
   config.dp.noise_multiplier = 0.0  # epsilon 0: no noise (clipped, Poisson-sampled, not private)
+  if epsilon <= 0:
+    config.model.precondition_noise = 0.0  # ... anywhere (as configs/private.py:nonprivate)
   config.init.weights = weights
   config.mode = mode
   if learning_rate:
@@ -110,8 +154,10 @@ def tables_markdown(rows: List[Dict[str, Any]], epsilons: Sequence[float], pretr
   fashion = [r for r in rows if r["dataset"] == "fashion_mnist"]
   if fashion:
     lines += [""] if lines else []
-    lines += [f"| Fashion-MNIST test accuracy, %, from scratch | {header} |", rule,
-              f"| tlgan: {fashion[0].get('model', '?')} | " + " | ".join(_cells(fashion, epsilons)) + " |"]
+    lines += [f"| Fashion-MNIST test accuracy, %, from scratch | {header} |", rule]
+    for arm in dict.fromkeys(r["arm"] for r in fashion):  # one row per recipe, in the order they ran
+      mine = [r for r in fashion if r["arm"] == arm]
+      lines.append(f"| tlgan: {mine[0].get('model', '?')} | " + " | ".join(_cells(mine, epsilons)) + " |")
     for name, acc in TRAMER_BONEH.items():
       lines.append(f"| Tramèr & Boneh 2021, {name} | " +
                    " | ".join(f"{acc:.1f}" if e == 3.0 else "" for e in epsilons) + " |")
@@ -143,10 +189,13 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
         plan.append(("digits", f"digits/{_folder(eps)}/{arm}/seed{seed}", arm, eps, seed,
                      _run_config(config.digits, seed=seed, epsilon=eps, weights=weights if use_weights else "",
                                  mode=mode, learning_rate=config.probe_learning_rate if mode == "linear_probe" else 0)))
+  recipes = {recipe: recipe_config(recipe) if recipe else config.fashion for recipe in config.fashion_recipes}
   for seed in config.fashion_seeds:
-    for eps in config.epsilons:
-      plan.append(("fashion_mnist", f"fashion_mnist/{_folder(eps)}/scratch/seed{seed}", "scratch", eps, seed,
-                   _run_config(config.fashion, seed=seed, epsilon=eps)))
+    for recipe, base in recipes.items():
+      arm = recipe_folder(recipe)
+      for eps in config.epsilons:
+        plan.append(("fashion_mnist", f"fashion_mnist/{_folder(eps)}/{arm}/seed{seed}", arm, eps, seed,
+                     _run_config(base, seed=seed, epsilon=eps)))
   rows = []
   for dataset, name, arm, eps, seed, run in plan:
     logging.info("=== %s", name)
