@@ -109,7 +109,7 @@ def check_precondition(config, prefix: str = "") -> None:
   privacy.check_noise(f"{p}model.precondition_noise", m.precondition_noise, zero_allowed=True)
   if not m.precondition_noise and (config.dp.noise_multiplier or config.dp.target_epsilon):
     raise ConfigError(f"{p}model.precondition_noise=0 releases the private features' second moment without noise "
-                      f"in a private run: set it > 0 (20 in configs/private.py:scatternet_whitened)")
+                      f"in a private run: set it > 0 (20 in configs/private.py:whitened)")
 
 
 @dataclasses.dataclass(frozen=True)
