@@ -155,6 +155,8 @@ def test_table_averages_seeds_and_leaves_missing_cells_empty():
     ("epsilons", (-1.0,), "epsilons must be"), ("epsilons", (3.0, 3.0), "repeats a value"),
     ("fashion_seeds", (0, 0), r"fashion_seeds=\(0, 0\) repeats a value"),
     ("fashion_recipes", ("scatternet", "scatternet"), "repeats a recipe"),
+    ("fashion_recipes", ("scatternet,whitened", " scatternet, whitened"), "repeats a recipe"),  # the same folder
+    ("fashion_recipes", ("", " "), "repeats a recipe"),
     ("fashion_recipes", (), "fashion_recipes is empty but fashion_seeds is not"),
     ("fashion_recipes", ("", 3), "must be strings"),
     ("fashion_recipes", ("nosuch",), "fashion_recipes entry 'nosuch': unknown variant 'nosuch' of configs/private.py"),

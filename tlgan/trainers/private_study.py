@@ -60,10 +60,11 @@ def check_config(config) -> None:
   if config.fashion_seeds and not recipes:
     raise ConfigError("fashion_recipes is empty but fashion_seeds is not: give '' (the fashion config) or "
                       "configs/private.py variants, or set fashion_seeds=() to leave Fashion-MNIST out")
-  if len(set(recipes)) != len(recipes):
+  folders = [recipe_folder(r) for r in recipes]
+  if len(set(folders)) != len(folders):
     raise ConfigError(f"fashion_recipes={recipes} repeats a recipe (the runs would share a folder): list each once")
   for recipe in recipes:
-    if recipe:
+    if recipe_folder(recipe) != "scratch":
       recipe_config(recipe)  # refuses what it cannot run, naming the recipe
   for name in ("digits", "fashion"):
     if not config[name].dp.enabled:
@@ -92,7 +93,9 @@ def recipe_config(recipe: str):
 
 
 def recipe_folder(recipe: str) -> str:
-  return recipe.replace(",", "+") if recipe else "scratch"
+  """'scatternet,whitened' -> 'scatternet+whitened'; '' (the fashion config) -> 'scratch'."""
+  from configs import variants
+  return "+".join(variants.names(recipe)) or "scratch"
 
 
 def epsilon_label(eps: float) -> str:
@@ -189,10 +192,10 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
         plan.append(("digits", f"digits/{_folder(eps)}/{arm}/seed{seed}", arm, eps, seed,
                      _run_config(config.digits, seed=seed, epsilon=eps, weights=weights if use_weights else "",
                                  mode=mode, learning_rate=config.probe_learning_rate if mode == "linear_probe" else 0)))
-  recipes = {recipe: recipe_config(recipe) if recipe else config.fashion for recipe in config.fashion_recipes}
+  recipes = {recipe_folder(r): config.fashion if recipe_folder(r) == "scratch" else recipe_config(r)
+             for r in config.fashion_recipes}
   for seed in config.fashion_seeds:
-    for recipe, base in recipes.items():
-      arm = recipe_folder(recipe)
+    for arm, base in recipes.items():
       for eps in config.epsilons:
         plan.append(("fashion_mnist", f"fashion_mnist/{_folder(eps)}/{arm}/seed{seed}", arm, eps, seed,
                      _run_config(base, seed=seed, epsilon=eps)))
