@@ -130,24 +130,31 @@ def test_whitening_solves_its_defining_equation_in_float64():
 
 @pytest.mark.parametrize("arch", ["scatter_linear", "scatter_cnn"])
 def test_the_model_applies_w_at_every_position_and_weights_holding_w_are_never_applied_without_it(arch):
+  """On images the model multiplies every position's fixed features by W (by hand in float64: the same logits);
+  a model built without the flag applies the W its variables hold; with precomputed=True the input is the
+  front end's output, W included (the DP trainer applies W once per image)."""
   cls = {"scatter_linear": scattering.ScatterLinear, "scatter_cnn": scattering.ScatterCNN}[arch]
-  model = cls(num_classes=4, precomputed=True, precondition=True)
-  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 7, 7, 81)))
+  model = cls(num_classes=4, precondition=True)
+  images = jnp.asarray(_adversarial_images()[-3:])  # noise-like images, 28x28x1
+  variables = jax.jit(model.init)(jax.random.key(0), images)
   np.testing.assert_array_equal(variables["batch_stats"][scattering.PRECONDITION], np.eye(81))
   rng = np.random.default_rng(5)
   a = rng.normal(size=(81, 81)) / 9
   w = (a + a.T).astype(np.float32)
-  z = rng.normal(size=(3, 7, 7, 81)).astype(np.float32)
   with_w = {"params": variables["params"], "batch_stats": {scattering.PRECONDITION: jnp.asarray(w)}}
-  logits = model.apply(with_w, jnp.asarray(z))
-  moved = np.einsum("nhwc,cd->nhwd", z.astype(np.float64), w).astype(np.float32)  # W applied by hand
-  expected = model.apply(variables, jnp.asarray(moved))  # identity W
-  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
-  assert not np.allclose(logits, model.apply(variables, jnp.asarray(z)), atol=1e-3)
+  logits = jax.jit(model.apply)(with_w, images)
+  fixed = np.asarray(jax.jit(model.fixed_features)(images), np.float64)
+  by_hand = np.einsum("nhwc,cd->nhwd", fixed, w).astype(np.float32)  # W applied by hand
+  pre = model.clone(precomputed=True)
+  np.testing.assert_allclose(logits, pre.apply(with_w, jnp.asarray(by_hand)), rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(pre.apply(with_w, jnp.asarray(by_hand)), pre.apply(variables, jnp.asarray(by_hand)))
+  assert not np.allclose(logits, jax.jit(model.apply)(variables, images), atol=1e-3)  # W matters
   # a model built without the flag (e.g. from exported weights' arch alone) still applies the W it is given
-  plain = cls(num_classes=4, precomputed=True)
-  np.testing.assert_array_equal(plain.apply(with_w, jnp.asarray(z)), logits)
-  assert "batch_stats" not in jax.jit(plain.init)(jax.random.key(0), jnp.zeros((1, 7, 7, 81)))
+  plain = cls(num_classes=4)
+  np.testing.assert_array_equal(jax.jit(plain.apply)(with_w, images), logits)
+  assert "batch_stats" not in jax.jit(plain.init)(jax.random.key(0), images)
+  np.testing.assert_array_equal(jax.jit(pre.init)(jax.random.key(0), jnp.zeros((1, 7, 7, 81)))["batch_stats"][
+      scattering.PRECONDITION], np.eye(81))  # a precomputed model declares W too (the trainer's state holds it)
 
 
 # --- the config and the accounting ---------------------------------------------------------------------------

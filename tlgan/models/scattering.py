@@ -146,6 +146,11 @@ def group_normalise(x, groups: int, epsilon: float = 1e-5):
 PRECONDITION = "precondition"  # the name of the whitening matrix W in the `batch_stats` collection
 
 
+def precondition(features, w):
+  """Every position's channel vector (the last axis) multiplied by the symmetric matrix W, in float32."""
+  return jnp.einsum("...c,cd->...d", features.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
+
+
 def channel_whitening(second_moment: np.ndarray) -> np.ndarray:
   """W = sqrt(2m) (M + m I)^(-1/2) of a (noisy) channel second-moment matrix M, float32: M's negative
   eigenvalues (noise) set to 0 and m their mean, the shrinkage. Directions of average energy keep their scale
@@ -182,8 +187,8 @@ class ScatterFront(nn.Module):
   frozen BatchNorm's statistics it is a statistic of data that the model applies and never trains, so it sits in
   the same collection and the state, checkpoints, evaluation and exported weights carry it; the DP trainer
   sets it to `channel_whitening` of the training features, released with noise (`tlgan.trainers.private`).
-  A model applies W whenever its variables hold one, whatever `precondition` says, so weights exported with W
-  are never applied without it.
+  A model applies W to images whenever its variables hold one, whatever `precondition` says, so weights exported
+  with W are never applied without it; with `precomputed=True` its input is the front end's output, W included.
   """
   num_classes: int = 10
   J: int = 2
@@ -202,12 +207,16 @@ class ScatterFront(nn.Module):
     return group_normalise(scattering2d(pixels, self.J, self.L), self.groups)
 
   def features(self, x):
-    s = x.astype(jnp.float32) if self.precomputed else self.fixed_features(x)
-    if self.precondition or self.has_variable("batch_stats", PRECONDITION):
-      c = s.shape[-1]
+    """The front end's output: the fixed features, then W when the variables hold one. With `precomputed`, x is
+    that output already: a trainer computes it once per image (`precondition(fixed_features, W)`), not per step."""
+    w = None
+    if self.precondition or self.has_variable("batch_stats", PRECONDITION):  # declared in both modes
+      c = x.shape[-1] if self.precomputed else x.shape[-1] * num_paths(self.J, self.L)
       w = self.variable("batch_stats", PRECONDITION, lambda: jnp.eye(c, dtype=jnp.float32)).value
-      s = jnp.einsum("nhwc,cd->nhwd", s, w, precision=jax.lax.Precision.HIGHEST)
-    return s.astype(self.dtype)
+    if self.precomputed:
+      return x.astype(self.dtype)
+    s = self.fixed_features(x)
+    return (s if w is None else precondition(s, w)).astype(self.dtype)
 
 
 class ScatterLinear(ScatterFront):

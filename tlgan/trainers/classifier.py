@@ -107,6 +107,16 @@ def fixed_features(model, images: np.ndarray, map_fn: Callable, name: str, chunk
   return features
 
 
+def preconditioned_features(features: np.ndarray, w, chunk: int = 4096) -> np.ndarray:
+  """`scattering.precondition` of every example's features, in chunks (the model's own operation, compiled)."""
+  fn = jax.jit(scattering.precondition)
+  out = np.empty(features.shape, np.float32)
+  for i in range(0, len(features), chunk):
+    stopping.check("preconditioning the features")
+    out[i:i + chunk] = np.asarray(fn(jnp.asarray(features[i:i + chunk]), w))
+  return out
+
+
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return max(1, math.ceil(num_examples / global_batch))
 
@@ -320,10 +330,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                          ((train_x, config.data.train_split), (test_x, config.data.test_split)))
       state = state.replace(model=state.model.clone(precomputed=True))
       train_map = eval_map = _unchanged
-      if private.preconditioned(config) and restored is None:  # else W comes with the checkpoint
-        w = private.channel_preconditioner(train_x, noise_multiplier=config.model.precondition_noise,
-                                           seed=config.seed)
-        state = state.replace(batch_stats={**state.batch_stats, scattering.PRECONDITION: jnp.asarray(w)})
+      if private.preconditioned(config):
+        if restored is None:  # else W comes with the checkpoint
+          w = private.channel_preconditioner(train_x, noise_multiplier=config.model.precondition_noise,
+                                             seed=config.seed)
+          state = state.replace(batch_stats={**state.batch_stats, scattering.PRECONDITION: jnp.asarray(w)})
+        # the precomputed model's input is the front end's output: W applied once per image, not per step
+        train_x, test_x = (preconditioned_features(x, state.batch_stats[scattering.PRECONDITION])
+                           for x in (train_x, test_x))
     batches = private.batches(train_x, shards[0].labels, dp_plan, seed=config.seed, start_step=start,
                               map_fn=train_map)
   elif pipeline == "streaming":  # the same batches, without TensorFlow
