@@ -7,8 +7,8 @@
    (0: the same recipe without noise, epsilon infinite) for each seed: from scratch, full fine-tuning of the
    public network, and a linear probe of it.
 3. Fashion-MNIST as the private set, from scratch (configs/private.py), at each epsilon for `fashion_seeds`: the
-   setting of Tramer & Boneh (2021); with `fashion_recipes`, other recipes of configs/private.py too, one row
-   each ('' is `fashion` itself; e.g. 'scatternet', 'scatternet,whitened').
+   setting of Tramer & Boneh (2021); `fashion_recipes` adds rows: other configs of configs/private.py, by name
+   (the `scatternet` variant below), each overridable (--config.fashion_recipes.scatternet.optim.learning_rate=16).
 Every sub-run is an ordinary classifier run in its own sub-folder (the study resumes where it stopped);
 `results.json` grows after each one, and `results.md` (and, with `update_readme`, the README between the
 `private-table` markers) holds the tables: mean +- sample std over seeds, with each run's training time and the
@@ -31,7 +31,8 @@ def get_config(arg=None):
   config.epsilons = (1.0, 3.0, 8.0, 0.0)  # 0: non-private (Poisson batches and clipping, no noise)
   config.seeds = (0, 1, 2)
   config.fashion_seeds = (0,)  # () leaves Fashion-MNIST out
-  config.fashion_recipes = ("",)  # rows of the Fashion-MNIST table: '' = `fashion`, or configs/private.py variants
+  config.fashion_scratch = True  # `fashion` is a row of the Fashion-MNIST table
+  config.fashion_recipes = ml_collections.ConfigDict()  # more rows: name -> a configs/private.py config
   config.probe_learning_rate = 2.0
   config.update_readme = False
   config.readme = "README.md"
@@ -62,7 +63,9 @@ def scatternet(config):
   every epsilon for 3 seeds (the README's ScatterNet table)."""
   config.seeds = ()
   config.fashion_seeds = (0, 1, 2)
-  config.fashion_recipes = ("scatternet", "scatternet,whitened")
+  config.fashion_scratch = False
+  config.fashion_recipes.scatternet = private.get_config("scatternet")
+  config.fashion_recipes.scatternet_whitened = private.get_config("scatternet,whitened")
 
 
 VARIANTS = {"smoke": smoke, "quick": quick, "scatternet": scatternet}

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any, Dict, List, Sequence
 
+import ml_collections
 import numpy as np
 
 from tlgan import config_checks, files, reporting
@@ -32,10 +33,9 @@ ARMS = (("scratch", "from scratch", False, "full"),
 # Table 1 (Fashion-MNIST, epsilon = 3, delta = 1e-5; also in their repository's README, ftramer/Handcrafted-DP).
 TRAMER_BONEH = {"end-to-end CNN": 86.0, "ScatterNet + linear": 89.7, "ScatterNet + CNN": 89.0}
 
-# Rows of the Fashion-MNIST table besides config.fashion (recipe ''): configs/private.py variants, e.g. 'scatternet'
-# or 'scatternet,whitened'; each runs at every epsilon and fashion seed, in fashion_mnist/<eps>/<recipe>/seed<s>
-# ('+' for ','), and takes none of the fashion.* overrides.
-STUDY_SETS = ("eps1", "eps8", "nonprivate", "digits", "public_pretrain")  # variants a recipe may not name
+# The Fashion-MNIST table's rows: `fashion` (folder 'scratch') when fashion_scratch, then every config of
+# fashion_recipes (name -> a configs/private.py config, e.g. configs/private_study.py:scatternet's), each at every
+# epsilon and fashion seed, in fashion_mnist/<eps>/<name>/seed<s>.
 
 NUMBERS = {"epsilons": config_checks.NON_NEGATIVE, "seeds": config_checks.NON_NEGATIVE_INT,
            "fashion_seeds": config_checks.NON_NEGATIVE_INT, "probe_learning_rate": config_checks.POSITIVE}
@@ -53,49 +53,33 @@ def check_config(config) -> None:
     raise ConfigError("seeds and fashion_seeds are both empty: nothing to run; give at least one seed")
   for name in SUBS:  # all three before the first minute of pretraining
     classifier.check_config(config[name], prefix=f"{name}.")
-  recipes = tuple(config.fashion_recipes)
-  if not all(isinstance(r, str) for r in recipes):
-    raise ConfigError(f"fashion_recipes={recipes} must be strings: '' (the fashion config) or configs/private.py "
-                      "variants such as 'scatternet,whitened'")
-  if config.fashion_seeds and not recipes:
-    raise ConfigError("fashion_recipes is empty but fashion_seeds is not: give '' (the fashion config) or "
-                      "configs/private.py variants, or set fashion_seeds=() to leave Fashion-MNIST out")
-  folders = [recipe_folder(r) for r in recipes]
-  if len(set(folders)) != len(folders):
-    raise ConfigError(f"fashion_recipes={recipes} repeats a recipe (the runs would share a folder): list each once")
-  for recipe in recipes:
-    if recipe_folder(recipe) != "scratch":
-      recipe_config(recipe)  # refuses what it cannot run, naming the recipe
+  rows = fashion_rows(config)
+  if config.fashion_seeds and not rows:
+    raise ConfigError("fashion_seeds is set but the Fashion-MNIST table has no rows: set fashion_scratch=True or "
+                      "give fashion_recipes, or set fashion_seeds=() to leave Fashion-MNIST out")
+  if config.fashion_scratch and "scratch" in config.fashion_recipes:
+    raise ConfigError("fashion_recipes.scratch would share the folder of the fashion config's row: rename it")
+  for name, recipe in config.fashion_recipes.items():
+    where = f"fashion_recipes.{name}"
+    if not isinstance(recipe, ml_collections.ConfigDict):
+      raise ConfigError(f"{where} is not a classifier config: give configs/private.py configs "
+                        "(configs/private_study.py:scatternet shows how)")
+    if not recipe.get("dp", {}).get("enabled") or recipe.get("data", {}).get("name") != "fashion_mnist":
+      raise ConfigError(f"{where} is not a private Fashion-MNIST recipe: set {where}.dp.enabled=True and "
+                        f"{where}.data.name=fashion_mnist, or give another configs/private.py config")
+    classifier.check_config(recipe, prefix=f"{where}.")
   for name in ("digits", "fashion"):
     if not config[name].dp.enabled:
       raise ConfigError(f"{name}.dp.enabled is False: the study's {name} runs are the private ones; "
                         f"set {name}.dp.enabled=True")
 
 
-def recipe_config(recipe: str):
-  """configs/private.py with the variants `recipe` (a fashion_recipes entry), checked: a private Fashion-MNIST
-  recipe whose epsilon the study sets."""
-  from configs import private, variants
-  where = f"fashion_recipes entry {recipe!r}"
-  for name in variants.names(recipe):
-    if name in STUDY_SETS:
-      raise ConfigError(f"{where}: the variant {name!r} sets what the study sets itself (data, epsilon): "
-                        "give recipes such as 'scatternet' or 'scatternet,whitened'")
-  try:
-    config = private.get_config(recipe)
-  except variants.VariantError as e:
-    raise ConfigError(f"{where}: {e}") from None
-  if config.data.name != "fashion_mnist" or not config.dp.enabled:
-    raise ConfigError(f"{where} is not a private Fashion-MNIST recipe: give configs/private.py variants such as "
-                      "'scatternet'")
-  classifier.check_config(config, prefix=f"{where}: ")
-  return config
-
-
-def recipe_folder(recipe: str) -> str:
-  """'scatternet,whitened' -> 'scatternet+whitened'; '' (the fashion config) -> 'scratch'."""
-  from configs import variants
-  return "+".join(variants.names(recipe)) or "scratch"
+def fashion_rows(config) -> Dict[str, Any]:
+  """The Fashion-MNIST table's recipes by folder name: `fashion` as 'scratch' (if fashion_scratch), then
+  fashion_recipes."""
+  rows = {"scratch": config.fashion} if config.fashion_scratch else {}
+  rows.update(config.fashion_recipes.items())
+  return rows
 
 
 def epsilon_label(eps: float) -> str:
@@ -192,8 +176,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False) 
         plan.append(("digits", f"digits/{_folder(eps)}/{arm}/seed{seed}", arm, eps, seed,
                      _run_config(config.digits, seed=seed, epsilon=eps, weights=weights if use_weights else "",
                                  mode=mode, learning_rate=config.probe_learning_rate if mode == "linear_probe" else 0)))
-  recipes = {recipe_folder(r): config.fashion if recipe_folder(r) == "scratch" else recipe_config(r)
-             for r in config.fashion_recipes}
+  recipes = fashion_rows(config)
   for seed in config.fashion_seeds:
     for arm, base in recipes.items():
       for eps in config.epsilons:
