@@ -13,7 +13,7 @@ Every sub-run is an ordinary classifier run in its own sub-folder (the study res
 `results.json` grows after each one, and `results.md` (and, with `update_readme`, the README between the
 `private-table` markers) holds the tables: mean +- sample std over seeds, with each run's training time and the
 device that produced it. Variants: `smoke` (tiny, for tests), `quick` (one seed, epsilon 3 and non-private),
-`scatternet` (Fashion-MNIST only: ScatterNet + linear with and without private whitening, 3 seeds; ~80 min on a
+`scatternet` (Fashion-MNIST only: ScatterNet + linear with and without private whitening, 3 seeds; ~60 min on a
 2-core CPU).
 """
 

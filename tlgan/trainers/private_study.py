@@ -33,10 +33,6 @@ ARMS = (("scratch", "from scratch", False, "full"),
 # Table 1 (Fashion-MNIST, epsilon = 3, delta = 1e-5; also in their repository's README, ftramer/Handcrafted-DP).
 TRAMER_BONEH = {"end-to-end CNN": 86.0, "ScatterNet + linear": 89.7, "ScatterNet + CNN": 89.0}
 
-# The Fashion-MNIST table's rows: `fashion` (folder 'scratch') when fashion_scratch, then every config of
-# fashion_recipes (name -> a configs/private.py config, e.g. configs/private_study.py:scatternet's), each at every
-# epsilon and fashion seed, in fashion_mnist/<eps>/<name>/seed<s>.
-
 NUMBERS = {"epsilons": config_checks.NON_NEGATIVE, "seeds": config_checks.NON_NEGATIVE_INT,
            "fashion_seeds": config_checks.NON_NEGATIVE_INT, "probe_learning_rate": config_checks.POSITIVE}
 SUBS = ("pretrain", "digits", "fashion")
@@ -75,8 +71,9 @@ def check_config(config) -> None:
 
 
 def fashion_rows(config) -> Dict[str, Any]:
-  """The Fashion-MNIST table's recipes by folder name: `fashion` as 'scratch' (if fashion_scratch), then
-  fashion_recipes."""
+  """The Fashion-MNIST table's rows by folder name: `fashion` as 'scratch' (if fashion_scratch), then every
+  config of fashion_recipes (name -> a configs/private.py config, e.g. configs/private_study.py:scatternet's),
+  each run at every epsilon and fashion seed in fashion_mnist/<eps>/<name>/seed<s>."""
   rows = {"scratch": config.fashion} if config.fashion_scratch else {}
   rows.update(config.fashion_recipes.items())
   return rows
