@@ -175,5 +175,5 @@ def smoke(config):
 
 
 VARIANTS = {"digits": digits, "public_pretrain": public_pretrain, "tramer_boneh": tramer_boneh,
-            "scatternet": scatternet, "scatter_cnn": scatter_cnn, "whitened": whitened, "linear_probe": linear_probe, "eps1": eps1,
-            "eps8": eps8, "nonprivate": nonprivate, "smoke": smoke}
+            "scatternet": scatternet, "scatter_cnn": scatter_cnn, "whitened": whitened, "linear_probe": linear_probe,
+            "eps1": eps1, "eps8": eps8, "nonprivate": nonprivate, "smoke": smoke}

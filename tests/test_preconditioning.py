@@ -166,8 +166,9 @@ def _config(variants="digits,scatternet,whitened", **fields):
 
 
 @pytest.mark.parametrize("variants,fields,message", [
-    ("digits,smoke,whitened", {}, r"model.precondition=channels whitens scattering features: it applies to "
-                                  r"model.arch=scatter_linear or scatter_cnn, not resnet18; set model.precondition=none"),
+    ("digits,smoke,whitened", {},
+     r"model.precondition=channels whitens scattering features: it applies to "
+     r"model.arch=scatter_linear or scatter_cnn, not resnet18; set model.precondition=none"),
     ("digits,scatternet,whitened", {"dp.enabled": False}, r"model.precondition=channels is computed by the DP "
                                                           r"trainer: set dp.enabled=True"),
     ("digits,scatternet,whitened", {"augment.flip": True}, r"needs the features computed once per image, without "

@@ -177,8 +177,8 @@ def plan(config, *, dataset_size: int, total_steps: int, largest_trainable: int)
                 calibrated=bool(d.target_epsilon))
   logging.info("DP-SGD: N=%d, q=%.5f (expected batch %g, at most %d), sigma=%.4f%s, C=%g, delta=%g; after %d steps "
                "epsilon=%.3f%s; per-example gradient norms in micro-batches of %d", dataset_size,
-               dp.sampling_probability, dp.expected_batch, max_batch, sigma, " (calibrated)" if d.target_epsilon else "",
-               d.clip_norm, delta, total_steps, dp.epsilon(total_steps),
+               dp.sampling_probability, dp.expected_batch, max_batch, sigma,
+               " (calibrated)" if d.target_epsilon else "", d.clip_norm, delta, total_steps, dp.epsilon(total_steps),
                f" (with a release of noise multiplier {releases[0]:g} before training)" if releases else "", microbatch)
   if sigma == 0:
     logging.warning("DP-SGD without noise (dp.noise_multiplier=0): clipped, Poisson-sampled, and NOT private")

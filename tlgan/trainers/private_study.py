@@ -20,7 +20,7 @@ import numpy as np
 
 from tlgan import config_checks, files, reporting
 from tlgan.errors import ConfigError
-from tlgan.trainers import classifier, transfer_study
+from tlgan.trainers import classifier, private, transfer_study
 
 README_START, README_END = "<!-- private-table:start -->", "<!-- private-table:end -->"
 
@@ -94,7 +94,7 @@ def describe_model(config) -> str:
     norm = {"group": "GroupNorm ", "frozen_batch": "frozen-BatchNorm ", "batch": ""}.get(m.norm, "")
     return f"{norm}ResNet{m.arch[6:]} (width {m.width})"
   name = {"scatter_linear": "ScatterNet + linear", "scatter_cnn": "ScatterNet + CNN"}.get(m.arch, m.arch)
-  return name + (", privately whitened features" if m.get("precondition", "none") != "none" else "")
+  return name + (", privately whitened features" if private.preconditioned(config) else "")
 
 
 def _run_config(base, *, seed: int, epsilon: float, weights: str = "", mode: str = "full",
