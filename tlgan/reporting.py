@@ -21,17 +21,40 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def cpu_model() -> str:
-  """The processor's model name (as lscpu shows it): a time or a rate means little without it."""
+def _vector_isa(flags) -> str:
+  """The widest x86 vector extension in /proc/cpuinfo's flags ('AVX-512', 'AVX2', ...), '' if none is named."""
+  for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2")):
+    if flag in flags:
+      return name + (" + AMX" if "amx_tile" in flags else "")
+  return ""
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The processor's model name as lscpu shows it, with its family, model and widest vector extension:
+  "AMD EPYC (family 25 model 1, AVX2)". A time or a rate means little without it, and one name covers
+  different CPUs (an "AMD EPYC" may be a Zen 3 without AVX-512 or a Zen 4 with it)."""
   try:
-    with open("/proc/cpuinfo") as f:
+    with open(cpuinfo) as f:
+      fields = {}
       for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
+        if not line.strip():
+          if fields:
+            break  # the first processor's block is enough
+          continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
   except OSError:
-    pass
-  import platform
-  return platform.processor() or platform.machine() or "unknown"
+    fields = {}
+  name = fields.get("model name")
+  if not name:
+    import platform
+    return platform.processor() or platform.machine() or "unknown"
+  detail = []
+  if "cpu family" in fields and "model" in fields:
+    detail.append(f"family {fields['cpu family']} model {fields['model']}")
+  if isa := _vector_isa(set(fields.get("flags", "").split())):
+    detail.append(isa)
+  return f"{name} ({', '.join(detail)})" if detail else name
 
 
 def machine() -> Dict[str, object]:
