@@ -226,8 +226,8 @@ def noisy_second_moment(features: np.ndarray, *, norm_bound_sq: float, noise_mul
   (B), so its term sum_p z_p z_p^T has Frobenius norm <= sum_p |z_p|^2 <= B: adding or removing one example
   moves S by at most B, and S's upper triangle (diagonal included, the vector released) by no more. E is
   symmetric, its upper triangle i.i.d. N(0, (noise_multiplier B)^2); mirroring it is post-processing. One release
-  of noise multiplier `noise_multiplier` in `DpSgd.releases`' units. B must not depend on the data (a bound that holds for every
-  possible example, e.g. the feature count for GroupNorm'd features), or the release leaks it. N (the
+  of noise multiplier `noise_multiplier` in `DpSgd.releases`' units. B must not depend on the data (a bound that
+  holds for every possible example, e.g. the feature count for GroupNorm'd features), or the release leaks it. N (the
   training set's size) is treated as public, as the DP-SGD accounting does. The noise is a function of `seed`
   alone: a rerun releases the same matrix. `noise_multiplier` 0: the exact moment (not private)."""
   if not norm_bound_sq > 0 or not math.isfinite(norm_bound_sq):
