@@ -34,6 +34,8 @@ def test_cpu_model_without_cpuinfo(tmp_path):
   assert reporting.cpu_model(str(tmp_path / "missing"))
   (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")
   assert reporting.cpu_model(str(tmp_path / "arm"))
+  (tmp_path / "damaged").write_bytes(b"\xff\xfe\x00garbage\x80")  # not text: still a string, no exception
+  assert reporting.cpu_model(str(tmp_path / "damaged"))
 
 
 @pytest.mark.skipif(shutil.which("lscpu") is None, reason="lscpu (util-linux) not installed")

@@ -34,7 +34,7 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
   "AMD EPYC (family 25 model 1, AVX2)". A time or a rate means little without it, and one name covers
   different CPUs (an "AMD EPYC" may be a Zen 3 without AVX-512 or a Zen 4 with it)."""
   try:
-    with open(cpuinfo) as f:
+    with open(cpuinfo, errors="replace") as f:  # a damaged file must not cost a run its summary
       fields = {}
       for line in f:
         if not line.strip():
