@@ -1,6 +1,7 @@
 """Time to quality: the PyTorch reference DCGAN trained for a wall-clock budget, scored by tlgan's metric.
 
     python -m benchmarks.torch_dcgan --minutes=10 --workdir=runs/torch_dcgan
+    python -m benchmarks.torch_dcgan --steps=3000 --seed=1 --workdir=runs/torch_dcgan_s1   # equal steps instead
 
 Trains `benchmarks.torch_reference.TorchDCGAN` (pytorch/examples' DCGAN, 28x28) on Fashion-MNIST (the same
 offline data and batch size as the default `configs/gan.py` run) for `--minutes` of training, then scores 10,000
@@ -12,7 +13,6 @@ summary.json holds the numbers to compare with.
 from benchmarks import torch_reference  # torch before TensorFlow (tlgan.data imports it)
 
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,6 +21,8 @@ import numpy as np
 
 flags.DEFINE_float("minutes", 10.0, "Training budget (wall clock, data loading included).")
 flags.register_validator("minutes", lambda v: v > 0, message="--minutes must be > 0 (the training budget)")
+flags.DEFINE_integer("steps", 0, "If > 0, train exactly this many steps and ignore --minutes (an equal-steps "
+                     "comparison with a tlgan run, e.g. the default run's 3,000).", lower_bound=0)
 flags.DEFINE_string("workdir", "runs/torch_dcgan", "Where summary.json and samples.png go.")
 flags.DEFINE_integer("batch_size", 64, "As the default configs/gan.py.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the weights, the data order and the latents.", lower_bound=0)
@@ -41,24 +43,13 @@ def main(_):
   os.makedirs(FLAGS.workdir, exist_ok=True)
 
   gan = torch_reference.TorchDCGAN(FLAGS.batch_size, seed=FLAGS.seed)
-  rng = np.random.default_rng(FLAGS.seed)
   real_all = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
-  budget, step, order = FLAGS.minutes * 60, 0, np.empty(0, np.int64)
-  start = time.perf_counter()
-  while time.perf_counter() - start < budget:
-    if len(order) < FLAGS.batch_size:  # a new epoch; the remainder of the last one is dropped
-      order = rng.permutation(len(images))
-    idx, order = order[:FLAGS.batch_size], order[FLAGS.batch_size:]
-    d_loss, g_loss = gan.train_step(real_all[idx])
-    step += 1
-    if step % 200 == 0:
-      elapsed = time.perf_counter() - start
-      logging.info("step %d: d_loss %.3f g_loss %.3f, %.0f img/s, %.0f s left", step, d_loss, g_loss,
-                   step * FLAGS.batch_size / elapsed, budget - elapsed)
-  train_s = time.perf_counter() - start
+  step, train_s = torch_reference.train_for(gan.train_step, real_all, FLAGS.batch_size, seed=FLAGS.seed,
+                                                budget_s=FLAGS.minutes * 60, steps=FLAGS.steps)
 
   evaluator = GANEvaluator(config, test_images)
   summary = {"steps": step, "train_seconds": train_s, "images_per_second": step * FLAGS.batch_size / train_s,
+             "budget": f"{FLAGS.steps} steps" if FLAGS.steps else f"{FLAGS.minutes:g} minutes",
              "batch_size": FLAGS.batch_size, "torch_threads": torch.get_num_threads(),
              "machine": reporting.machine(), **evaluator.scorer.describe()}
   torch.manual_seed(FLAGS.seed + 1)

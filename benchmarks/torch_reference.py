@@ -2,6 +2,8 @@
 
 * `TorchDCGAN`: pytorch/examples' DCGAN training iteration, adapted to 28x28: G: z=100 -> 256@7x7 ->
   128@14x14 -> 1@28x28, D mirrored, BCE-with-logits, Adam 2e-4 / (0.5, 0.999), N(0, 0.02) init.
+* `train_for`: the training loop of `benchmarks.torch_dcgan` (shuffled batches, for a number of steps or a
+  wall-clock budget).
 * `TorchResNet18`: torchvision's resnet18 (10 classes), SGD momentum 0.9, weight decay 5e-4, NCHW float32.
 * `TorchOpacusResNet18`: Opacus's DP-SGD on torchvision's resnet18 with GroupNorm (CPU only here).
 
@@ -13,6 +15,8 @@ import contextlib
 import time
 import types
 
+from absl import logging
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -39,6 +43,28 @@ def _dcgan_init(module):
   elif isinstance(module, nn.BatchNorm2d):
     nn.init.normal_(module.weight, 1.0, 0.02)
     nn.init.zeros_(module.bias)
+
+
+def train_for(train_step, real_all, batch_size: int, *, seed: int, budget_s: float, steps: int = 0,
+          log_every: int = 200):
+  """Runs `train_step(batch)` on shuffled batches (a new permutation each epoch, its remainder dropped) for
+  `steps` steps if `steps` > 0, else until `budget_s` seconds have passed. Returns (steps done, seconds)."""
+  rng = np.random.default_rng(seed)
+  step, order = 0, np.empty(0, np.int64)
+  start = time.perf_counter()
+  done = (lambda: step >= steps) if steps > 0 else (lambda: time.perf_counter() - start >= budget_s)
+  while not done():
+    if len(order) < batch_size:  # a new epoch; the remainder of the last one is dropped
+      order = rng.permutation(len(real_all))
+    idx, order = order[:batch_size], order[batch_size:]
+    d_loss, g_loss = train_step(real_all[idx])
+    step += 1
+    if step % log_every == 0:
+      elapsed = time.perf_counter() - start
+      left = (steps - step) * elapsed / step if steps > 0 else budget_s - elapsed
+      logging.info("step %d: d_loss %.3f g_loss %.3f, %.0f img/s, %.0f s left", step, d_loss, g_loss,
+                   step * batch_size / elapsed, left)
+  return step, time.perf_counter() - start
 
 
 class TorchDCGAN:

@@ -53,3 +53,29 @@ def test_profile_attributes_a_layers_three_products_and_their_flops():
   assert flops["GEMM input gradient"] == 2 * m * n * k
   assert flops["GEMM weight gradient"] == 2 * m * n * k
   assert set(flops) <= set(profile_steps.KINDS)
+
+
+def test_torch_dcgan_loop_runs_exact_steps_or_a_time_budget_over_shuffled_epochs(monkeypatch):
+  # benchmarks.torch_dcgan's loop: --steps=N makes exactly N steps; --minutes stops at the budget; each epoch is
+  # a fresh permutation from the seed's generator (so --seed=S repeats a budget run's data order), its
+  # remainder dropped.
+  import numpy as np
+  from benchmarks import torch_reference
+  data = np.arange(10)
+  seen = []
+
+  def step(batch):
+    seen.append(np.asarray(batch))
+    return 0.0, 0.0
+
+  steps, _ = torch_reference.train_for(step, data, 4, seed=3, budget_s=0.0, steps=5)
+  assert steps == 5 and len(seen) == 5 and all(len(b) == 4 for b in seen)
+  rng = np.random.default_rng(3)
+  first, second = rng.permutation(10), rng.permutation(10)
+  np.testing.assert_array_equal(np.concatenate(seen[:2]), first[:8])  # epoch 1: two batches, 2 rows dropped
+  np.testing.assert_array_equal(np.concatenate(seen[2:4]), second[:8])
+  clock = iter(range(100))
+  monkeypatch.setattr(torch_reference.time, "perf_counter", lambda: next(clock))
+  seen.clear()
+  steps, seconds = torch_reference.train_for(step, data, 4, seed=3, budget_s=3.5)
+  assert steps == len(seen) == 3 and seconds >= 3.5  # the clock reads 0 (start), then 1, 2, 3, 4 >= 3.5: stop
