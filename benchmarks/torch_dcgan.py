@@ -3,11 +3,11 @@
     python -m benchmarks.torch_dcgan --minutes=10 --workdir=runs/torch_dcgan
     python -m benchmarks.torch_dcgan --steps=3000 --seed=1 --workdir=runs/torch_dcgan_s1   # equal steps instead
 
-Trains `benchmarks.torch_reference.TorchDCGAN` (pytorch/examples' DCGAN, 28x28) on Fashion-MNIST (the same
-offline data and batch size as the default `configs/gan.py` run) for `--minutes` of training, then scores 10,000
-samples (quantised to uint8, as every sample tlgan scores) with the default run's final metrics (the shipped
-Fashion-MNIST metric network, the same reference) and writes summary.json and samples.png. The default tlgan run's own
-summary.json holds the numbers to compare with.
+Trains `benchmarks.torch_reference.TorchDCGAN` (tlgan's DCGAN in PyTorch, tested step for step against it) on
+Fashion-MNIST (the same offline data and batch size as the default `configs/gan.py` run) for `--minutes` of
+training or exactly `--steps` steps, then scores 10,000 samples (quantised to uint8, as every sample tlgan
+scores) with the default run's final metrics (the shipped Fashion-MNIST metric network, the same reference) and
+writes summary.json and samples.png. The default tlgan run's own summary.json holds the numbers to compare with.
 """
 
 from benchmarks import torch_reference  # torch before TensorFlow (tlgan.data imports it)

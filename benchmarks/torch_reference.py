@@ -1,7 +1,8 @@
 """The PyTorch references tlgan is measured against (needs the [torch] extra; import before TensorFlow).
 
 * `TorchDCGAN`: pytorch/examples' DCGAN training iteration, adapted to 28x28: G: z=100 -> 256@7x7 ->
-  128@14x14 -> 1@28x28, D mirrored, BCE-with-logits, Adam 2e-4 / (0.5, 0.999), N(0, 0.02) init.
+  128@14x14 -> 1@28x28, D mirrored, BCE-with-logits, Adam 2e-4 / (0.5, 0.999), N(0, 0.02) init; the same
+  model as tlgan's DCGAN (with its three biases), tested step for step.
 * `train_for`: the training loop of `benchmarks.torch_dcgan` (shuffled batches, for a number of steps or a
   wall-clock budget).
 * `TorchResNet18`: torchvision's resnet18 (10 classes), SGD momentum 0.9, weight decay 5e-4, NCHW float32.
@@ -14,6 +15,7 @@ autocast (parameters and optimiser stay float32, PyTorch's mixed-precision recip
 import contextlib
 import time
 import types
+from typing import Optional
 
 from absl import logging
 import numpy as np
@@ -40,6 +42,8 @@ def _dcgan_init(module):
   # pytorch/examples' weights_init
   if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
     nn.init.normal_(module.weight, 0.0, 0.02)
+    if module.bias is not None:  # tlgan's biases (flax's default init)
+      nn.init.zeros_(module.bias)
   elif isinstance(module, nn.BatchNorm2d):
     nn.init.normal_(module.weight, 1.0, 0.02)
     nn.init.zeros_(module.bias)
@@ -70,21 +74,24 @@ def train_for(train_step, real_all, batch_size: int, *, seed: int, budget_s: flo
 class TorchDCGAN:
   """One D update on (real, fake), then one G update on the same fakes, as in pytorch/examples.
 
-  One deviation, in PyTorch's favour: D's parameters are excluded from autograd during the G update, so
-  PyTorch does not compute D's weight gradients there (pytorch/examples does, and discards them).
+  The model is tlgan's `tlgan.models.dcgan` exactly (tests/test_benchmarks.py checks a step of the two against
+  each other): it has the three biases tlgan's has and pytorch/examples' lacks (D's first convolution, D's
+  output layer, G's output layer), zero-initialised as there. One deviation from pytorch/examples, in PyTorch's
+  favour: D's parameters are excluded from autograd during the G update, so PyTorch does not compute D's weight
+  gradients there (pytorch/examples does, and discards them).
   """
 
-  def __init__(self, batch_size: int, seed: int = 0, device: str = "cpu", dtype=None):
+  def __init__(self, batch_size: int, seed: int = 0, device: str = "cpu", dtype=None, warmup: bool = True):
     torch.manual_seed(seed)
     self.device, self.dtype = device, dtype
     self.g = nn.Sequential(
         nn.ConvTranspose2d(100, 256, 7, 1, 0, bias=False), nn.BatchNorm2d(256), nn.ReLU(True),
         nn.ConvTranspose2d(256, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(True),
-        nn.ConvTranspose2d(128, 1, 4, 2, 1, bias=False), nn.Tanh())
+        nn.ConvTranspose2d(128, 1, 4, 2, 1), nn.Tanh())
     self.d = nn.Sequential(
-        nn.Conv2d(1, 128, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(1, 128, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True),
         nn.Conv2d(128, 256, 4, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(256, 1, 7, 1, 0, bias=False))
+        nn.Conv2d(256, 1, 7, 1, 0))
     self.g.apply(_dcgan_init)
     self.d.apply(_dcgan_init)
     self.g.to(device)
@@ -96,18 +103,21 @@ class TorchDCGAN:
     self.ones = torch.ones(batch_size, device=device)
     self.zeros = torch.zeros(batch_size, device=device)
     self.real = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1  # the benchmark's fixed batch
-    for _ in range(2):
+    for _ in range(2 if warmup else 0):  # two steps on that batch (warmup=False: the initial weights kept)
       self.run()
 
-  def train_step(self, real: torch.Tensor):
-    """`real`: (N, 1, 28, 28) in [-1, 1]. Returns (D loss, G loss) as floats."""
+  def train_step(self, real: torch.Tensor, z: Optional[torch.Tensor] = None):
+    """`real`: (N, 1, 28, 28) in [-1, 1]; `z`: (N, 100, 1, 1) latents (None: drawn here). Returns (D loss,
+    G loss) as floats."""
     d, g, cast = self.d, self.g, lambda: _autocast(self.device, self.dtype)
     d.zero_grad(set_to_none=True)
     with cast():
       err_real = self.criterion(d(real).view(-1).float(), self.ones)
     err_real.backward()
     with cast():
-      fake = g(torch.randn(self.batch_size, 100, 1, 1, device=self.device))
+      if z is None:
+        z = torch.randn(self.batch_size, 100, 1, 1, device=self.device)
+      fake = g(z)
       err_fake = self.criterion(d(fake.detach()).view(-1).float(), self.zeros)
     err_fake.backward()
     self.opt_d.step()
@@ -134,7 +144,7 @@ def _autocast(device: str, dtype):
 
 class TorchResNet18:
 
-  def __init__(self, batch_size: int, seed: int = 0, device: str = "cpu", dtype=None):
+  def __init__(self, batch_size: int, seed: int = 0, device: str = "cpu", dtype=None, warmup: bool = True):
     torch.manual_seed(seed)
     self.device, self.dtype = device, dtype
     self.model = torchvision.models.resnet18(num_classes=10).train().to(device)

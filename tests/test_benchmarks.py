@@ -79,3 +79,59 @@ def test_torch_dcgan_loop_runs_exact_steps_or_a_time_budget_over_shuffled_epochs
   seen.clear()
   steps, seconds = torch_reference.train_for(step, data, 4, seed=3, budget_s=3.5)
   assert steps == len(seen) == 3 and seconds >= 3.5  # the clock reads 0 (start), then 1, 2, 3, 4 >= 3.5: stop
+
+
+def test_torch_reference_dcgan_is_tlgans_dcgan_step_for_step():
+  # The PyTorch reference of the time-to-quality comparison (benchmarks.torch_dcgan) must be the same model and
+  # the same step as tlgan's default GAN: tlgan's initial weights copied into it, the same real batches and
+  # latents, three steps of each (D update, then G update, Adam, BatchNorm in train mode) give the same losses
+  # and the same parameters.
+  import jax
+  import numpy as np
+  from benchmarks import torch_reference
+  from configs import gan as gan_config
+  from tlgan.steps import gan as gan_step
+  from tlgan.trainers import gan as gan_trainer
+  torch = torch_reference.torch
+  n = 8
+  state = gan_trainer.build_state(gan_config.get_config(), (28, 28, 1))  # the default run's model and optimisers
+  ref = torch_reference.TorchDCGAN(n, warmup=False)
+
+  def as_torch(g, d):  # tlgan's parameters (NHWC, HWIO kernels) in the reference's layout
+    t = lambda a, *axes: torch.from_numpy(np.array(a).transpose(*axes).copy())
+    return {
+        "g.0.weight": t(g["Dense_0"]["kernel"].reshape(100, 7, 7, 256), 0, 3, 1, 2),
+        "g.1.weight": t(g["BatchNorm_0"]["scale"], 0), "g.1.bias": t(g["BatchNorm_0"]["bias"], 0),
+        "g.3.weight": t(g["ConvTranspose_0"]["kernel"], 2, 3, 0, 1),
+        "g.4.weight": t(g["BatchNorm_1"]["scale"], 0), "g.4.bias": t(g["BatchNorm_1"]["bias"], 0),
+        "g.6.weight": t(g["ConvTranspose_1"]["kernel"], 2, 3, 0, 1), "g.6.bias": t(g["ConvTranspose_1"]["bias"], 0),
+        "d.0.weight": t(d["Conv_0"]["kernel"], 3, 2, 0, 1), "d.0.bias": t(d["Conv_0"]["bias"], 0),
+        "d.2.weight": t(d["Conv_1"]["kernel"], 3, 2, 0, 1),
+        "d.3.weight": t(d["BatchNorm_0"]["scale"], 0), "d.3.bias": t(d["BatchNorm_0"]["bias"], 0),
+        "d.5.weight": t(d["Dense_0"]["kernel"].reshape(7, 7, 256, 1), 3, 2, 0, 1),
+        "d.5.bias": t(d["Dense_0"]["bias"], 0),
+    }
+
+  mapped = as_torch(state.g_params, state.d_params)
+  theirs = {f"{net}.{k}": v for net in "gd" for k, v in getattr(ref, net).state_dict().items()
+            if "running" not in k and "num_batches" not in k}  # parameters (state_dict's tensors share memory)
+  assert set(theirs) == set(mapped)  # every parameter, and no other
+  with torch.no_grad():
+    for name, value in mapped.items():
+      theirs[name].copy_(value)
+  rng, step = jax.random.key(1), jax.jit(gan_step.train_step)
+  data = np.random.default_rng(0).uniform(-1, 1, (3, n, 28, 28, 1)).astype(np.float32)
+  for real in data:
+    z = np.asarray(gan_step.latents(state, rng, n))
+    state, metrics = step(state, {"image": real}, rng)
+    d_loss, g_loss = ref.train_step(torch.from_numpy(real.transpose(0, 3, 1, 2).copy()),
+                                    torch.from_numpy(z.reshape(n, 100, 1, 1).copy()))
+    np.testing.assert_allclose([d_loss, g_loss], [metrics["d_loss"], metrics["g_loss"]], rtol=1e-4)
+  ours = as_torch(state.g_params, state.d_params)
+  for name, value in ours.items():
+    # Three Adam steps of 2e-4 moved each weight by ~3e-4; Adam divides by the gradients' size, which magnifies
+    # float32 rounding where a gradient is near zero (up to 2 steps' size where its sign flips), so the bound is
+    # on the bulk: a different model or step (a missing bias, another loss, another order) moves the median.
+    diff = np.abs(theirs[name].numpy() - value.numpy())
+    moved = np.median(np.abs(mapped[name].numpy() - value.numpy()))
+    assert np.median(diff) < 0.02 * moved and np.quantile(diff, 0.99) < 0.15 * moved, name
