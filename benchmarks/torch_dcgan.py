@@ -33,14 +33,18 @@ FLAGS = flags.FLAGS
 def main(_):
   torch = torch_reference.torch
   from configs import gan as gan_config
-  from tlgan import data, reporting
+  from tlgan import data, files, reporting
   from tlgan.feature_networks import to_uint8
   from tlgan.trainers.gan_eval import GANEvaluator
+  try:  # before the training it would lose: a folder this process cannot write to
+    files.atomic_write(os.path.join(FLAGS.workdir, ".write_check"), lambda f: f.write(b""))
+    os.remove(os.path.join(FLAGS.workdir, ".write_check"))
+  except OSError as e:
+    raise SystemExit(f"error: cannot write to --workdir={FLAGS.workdir} ({e.strerror}): choose a writable folder")
   config = gan_config.get_config()
   config.batch_size = FLAGS.batch_size
   images, _ = data.load_split(config.data.name, "train")
   test_images, _ = data.load_split(config.data.name, config.eval.split)
-  os.makedirs(FLAGS.workdir, exist_ok=True)
 
   gan = torch_reference.TorchDCGAN(FLAGS.batch_size, seed=FLAGS.seed)
   real_all = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
@@ -62,7 +66,8 @@ def main(_):
     summary.update({f"{k} ({mode}-mode G)": v for k, v in result.items()})
     if mode == "eval":
       reporting.save_image_grid(os.path.join(FLAGS.workdir, "samples.png"), samples[:64])
-      np.savez(os.path.join(FLAGS.workdir, "samples.npz"), images=to_uint8(samples))  # for experiments.evaluate
+      files.atomic_write(os.path.join(FLAGS.workdir, "samples.npz"),  # for experiments.evaluate
+                         lambda f, images=to_uint8(samples): np.savez(f, images=images))
   reporting.write_json(os.path.join(FLAGS.workdir, "summary.json"), summary)
   print("\n".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()))
 

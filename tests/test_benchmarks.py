@@ -135,3 +135,17 @@ def test_torch_reference_dcgan_is_tlgans_dcgan_step_for_step():
     diff = np.abs(theirs[name].numpy() - value.numpy())
     moved = np.median(np.abs(mapped[name].numpy() - value.numpy()))
     assert np.median(diff) < 0.02 * moved and np.quantile(diff, 0.99) < 0.15 * moved, name
+
+
+def test_torch_dcgan_refuses_a_workdir_it_cannot_write_before_training(tmp_path):
+  # (a run that trained for half an hour must not fail at its end writing summary.json)
+  import subprocess
+  import sys
+  from tests.helpers import REPO
+  (tmp_path / "a_file").write_text("")
+  result = subprocess.run([sys.executable, "-m", "benchmarks.torch_dcgan", "--steps=1",
+                           f"--workdir={tmp_path / 'a_file' / 'run'}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith("error: cannot write to --workdir="), result.stderr
+  assert result.stdout == "" and not (tmp_path / "a_file" / "run").exists()
