@@ -153,7 +153,14 @@ def run_child(cmd) -> int:
   forward = lambda signum, frame: proc.send_signal(signum)
   previous = {sig: signal.signal(sig, forward) for sig in SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
   try:
-    return proc.wait()  # the handler returns, so the wait goes on (PEP 475)
+    # Waits in short slices, not one blocking waitpid: the kernel may deliver the signal to another thread
+    # (JAX's, a test's), and then the main thread's waitpid is never interrupted, so Python would not run the
+    # forwarding handler until the child ended, which without the signal is never (seen: a hung test).
+    while True:
+      try:
+        return proc.wait(timeout=0.1)
+      except subprocess.TimeoutExpired:
+        pass
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
