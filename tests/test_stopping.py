@@ -15,9 +15,10 @@ from tlgan import stopping
 
 @contextlib.contextmanager
 def as_in_a_terminal(sig):
-  """SIGHUP as a terminal's process has it (default action), even when the suite runs under nohup; put back
-  after."""
-  previous = signal.signal(sig, signal.SIG_DFL) if sig == signal.SIGHUP else None
+  """SIGHUP and SIGINT as a terminal's process has them (default action, Python's KeyboardInterrupt), even when
+  the suite runs under nohup or as a background job (which ignore them); put back after."""
+  terminal = {signal.SIGHUP: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+  previous = signal.signal(sig, terminal[sig]) if sig in terminal else None
   try:
     yield
   finally:
