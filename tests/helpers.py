@@ -87,14 +87,21 @@ def train_gan(config, workdir):
 # ------------------------------------------------------------------------------- training processes
 
 
+def as_a_terminal_child():
+  """A Popen `preexec_fn`: SIGINT and SIGHUP as a terminal's child has them (default action), even when these
+  tests run under nohup or as a background job, which start every process with both ignored (and a shell
+  started with a signal ignored can never trap it)."""
+  for sig in (signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_DFL)
+
+
 def start(workdir, args, env=None, log=None, terminal=False):
   """Starts `python -m experiments.main --workdir=WORKDIR ARGS`, its stderr appended to `log` (WORKDIR.log).
-  `terminal`: SIGHUP as a shell's child has it, even when these tests run under nohup."""
+  `terminal`: SIGINT and SIGHUP as a shell's child has them, even when these tests run under nohup."""
   log = open(log or os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "a")
-  preexec = (lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)) if terminal else None
   proc = subprocess.Popen([sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *args], cwd=REPO,
                           env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=log,
-                          preexec_fn=preexec)
+                          preexec_fn=as_a_terminal_child if terminal else None)
   STARTED.append(proc)
   return proc
 

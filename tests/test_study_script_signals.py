@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.helpers import as_a_terminal_child
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STAND_IN = textwrap.dedent("""\
@@ -62,7 +64,8 @@ def _start(tmp_path, seeds):
   stand_in.chmod(0o755)
   env = {**os.environ, "PYTHON": str(stand_in), "SEEDS": seeds, "PYTHONPATH": ROOT}
   proc = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "private_study_parallel.sh"), str(tmp_path / "w")],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=as_a_terminal_child)  # bash can't trap a signal it was started ignoring
   return proc, log
 
 
