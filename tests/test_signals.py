@@ -56,7 +56,7 @@ def test_sigterm_while_compiling_is_a_clean_stop(tmp_path):
   proc = start(workdir, BASE + ["--config.num_steps=200", "--config.eval.enabled=false"])
   wait_for(logged(workdir, "Compiling the train step"), proc)
   status, _ = stop_and_wait(proc, signal.SIGTERM)
-  assert status == 3
+  assert status == 3, log_of(workdir)[-3000:]
   # Compilation is not interruptible: the stop lands when it returns, before the first step (or, on a fast
   # machine, after it: then a checkpoint of that step).
   assert "Traceback" not in log_of(workdir)
@@ -72,7 +72,7 @@ def test_sighup_during_an_evaluation_saves_that_step_within_seconds(tmp_path):
                                 f"--config.eval.num_samples={HUGE}"], terminal=True)
   wait_for(logged(workdir, f"Evaluating {HUGE} samples at step 20"), proc)
   status, seconds = stop_and_wait(proc, signal.SIGHUP)
-  assert status == 3
+  assert status == 3, log_of(workdir)[-3000:]
   assert seconds < 45, seconds  # not minutes: the evaluation is abandoned between batches
   assert_clean_end(workdir, "W")  # the loop's warning is the last line
   assert "SIGHUP received while generating samples: checkpoint saved at step 20" in log_of(workdir)
@@ -86,7 +86,7 @@ def test_stops_during_the_final_evaluation_then_reruns_finish_and_then_do_nothin
   proc = start(workdir, huge)
   wait_for(logged(workdir, f"Final evaluation: {HUGE} samples"), proc)
   status, seconds = stop_and_wait(proc, signal.SIGTERM)
-  assert status == 3 and seconds < 45, (status, seconds)
+  assert status == 3 and seconds < 45, (status, seconds, log_of(workdir)[-3000:])
   assert_clean_end(workdir, "stopped: SIGTERM received while generating samples")
   assert checkpoint_steps(workdir) == [20]
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
