@@ -3,6 +3,8 @@
 import gzip
 import itertools
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -82,8 +84,6 @@ def test_real_fashion_mnist(tmp_path_factory):
 def test_digits_are_scikit_learns_read_without_importing_it():
   """The digits come from the file scikit-learn ships, equal to its own `load_digits`; a run that loads them
   does not pay scikit-learn's import (1.1 s of start-up). The split: 30% of each class in 'test', disjoint."""
-  import subprocess
-  import sys
   from sklearn.datasets import load_digits
   images, labels = data._digits()
   reference = load_digits()
@@ -97,6 +97,42 @@ def test_digits_are_scikit_learns_read_without_importing_it():
   code = "import sys; from tlgan import data; data.load_split('digits28', 'train'); print('sklearn' in sys.modules)"
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncated", "is damaged or unreadable"),
+    ("not gzip", "is damaged or unreadable"),
+    ("text", "is not a table of numbers"),
+    ("a row short", "holds a 1796 x 65 table, not scikit-learn's 1797 digits"),
+    ("a pixel of 17", "holds a 1797 x 65 table, not scikit-learn's 1797 digits"),
+    ("a label of 10", "holds a 1797 x 65 table, not scikit-learn's 1797 digits"),
+])
+def test_a_damaged_digits_file_is_one_line_naming_it_and_the_fix(tmp_path, monkeypatch, damage, message):
+  original = data._digits_file()
+  with gzip.open(original, "rb") as f:
+    raw = f.read()
+  lines = raw.decode().splitlines()
+  path = tmp_path / "digits.csv.gz"
+  if damage == "truncated":
+    path.write_bytes(open(original, "rb").read()[:500])
+  elif damage == "not gzip":
+    path.write_bytes(raw)
+  else:
+    if damage == "text":
+      lines[3] = "not,a,number"
+    elif damage == "a row short":
+      lines = lines[:-1]
+    elif damage == "a pixel of 17":
+      lines[0] = "17" + lines[0][lines[0].index(","):]
+    else:
+      lines[0] = lines[0][:lines[0].rindex(",") + 1] + "10"
+    with gzip.open(path, "wb") as f:
+      f.write("\n".join(lines).encode())
+  monkeypatch.setattr(data, "_digits_file", lambda: str(path))
+  with pytest.raises(data.DataUnavailableError) as e:
+    data.load_split("digits", "train")
+  text = str(e.value)
+  assert "\n" not in text and str(path) in text and message in text and "reinstall scikit-learn" in text, text
 
 
 def test_unknown_dataset():

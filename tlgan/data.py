@@ -118,16 +118,16 @@ _REINSTALL = ("replace it with the original file (Debian: apt-get install --rein
               "point --config.data.manual_dir at a folder with intact IDX files")
 
 
-def _read_bytes(path: str) -> bytes:
-  """The (decompressed) bytes of a data file; a damaged, truncated or unreadable file is one line naming it."""
+def _read_bytes(path: str, fix: str = _REINSTALL) -> bytes:
+  """The (decompressed) bytes of a data file; a damaged, truncated or unreadable file is one line naming it and
+  `fix`."""
   opener = gzip.open if path.endswith(".gz") else open
   try:
     with opener(path, "rb") as f:
       return f.read()
   except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is an EOFError
     detail = first_line(e, 120) or "truncated"
-    raise DataUnavailableError(f"{path} is damaged or unreadable ({type(e).__name__}: {detail}): {_REINSTALL}") \
-        from None
+    raise DataUnavailableError(f"{path} is damaged or unreadable ({type(e).__name__}: {detail}): {fix}") from None
 
 
 def _parse_idx(raw: bytes, path: str) -> np.ndarray:
@@ -273,19 +273,35 @@ def _online(host: str = "storage.googleapis.com", port: int = 443, timeout: floa
     return False
 
 
+def _digits_file() -> Optional[str]:
+  """The digits table scikit-learn ships (found without importing scikit-learn), or None."""
+  spec = importlib.util.find_spec("sklearn")
+  for folder in (spec.submodule_search_locations or []) if spec else []:
+    path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+    if os.path.isfile(path):
+      return path
+  return None
+
+
 def _digits() -> Tuple[np.ndarray, np.ndarray]:
   """scikit-learn's digits as its `load_digits` returns them: (1797, 8, 8) float64 images 0..16, int labels.
   Read from the file scikit-learn ships, without importing scikit-learn (1.1 s of every run's start-up)."""
-  spec = importlib.util.find_spec("sklearn")
-  folders = list(spec.submodule_search_locations or []) if spec else []
-  path = os.path.join(folders[0], "datasets", "data", "digits.csv.gz") if folders else ""
-  if not os.path.isfile(path):  # another layout of the package: its own loader
+  path = _digits_file()
+  if path is None:  # another layout of the package: its own loader
     from sklearn.datasets import load_digits
     digits = load_digits()
     return digits.images, digits.target
-  with gzip.open(path, "rt") as f:
-    table = np.loadtxt(f, delimiter=",")
-  return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+  fix = "reinstall scikit-learn (pip install --force-reinstall scikit-learn)"
+  raw = _read_bytes(path, fix)
+  try:
+    table = np.loadtxt(raw.decode("ascii").splitlines(), delimiter=",", ndmin=2)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise DataUnavailableError(f"{path} is not a table of numbers ({first_line(e, 120)}): {fix}") from None
+  pixels, labels = table[:, :-1], table[:, -1]
+  if table.shape != (1797, 65) or pixels.min() < 0 or pixels.max() > 16 or not np.isin(labels, range(10)).all():
+    raise DataUnavailableError(f"{path} holds a {table.shape[0]} x {table.shape[1]} table, not scikit-learn's "
+                               f"1797 digits (64 pixels 0..16 and a label 0..9 each): {fix}")
+  return pixels.reshape(-1, 8, 8), labels.astype(int)
 
 
 def load_digits_split(split: str) -> Tuple[np.ndarray, np.ndarray]:
