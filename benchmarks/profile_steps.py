@@ -49,12 +49,15 @@ from absl import app, flags
 import jax
 
 from tlgan import reporting
+from tlgan.models import layers
 from benchmarks.jax_steps import jax_dcgan, jax_resnet18, load_note
 
 flags.DEFINE_list("only", ["dcgan", "resnet18"], "Which steps to profile (dcgan, resnet18).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
 flags.DEFINE_integer("steps", 5, "Profiled calls (after warm-up).", lower_bound=1)
 flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "matmul"], "tlgan's convolution implementation.")
+flags.DEFINE_enum("weight_gradient", "auto", layers.WEIGHT_GRADIENT_FORMS,
+                  "How the CPU GEMMs' weight gradients are formed (tlgan.models.layers.transposed_weight_gradient).")
 flags.DEFINE_bool("against_torch", False, "Also profile the PyTorch eager reference (torch.profiler, by operator).")
 flags.DEFINE_integer("top", 10, "How many of the slowest operations to list.", lower_bound=0)
 FLAGS = flags.FLAGS
@@ -249,8 +252,9 @@ def main(_):
   if unknown:
     raise app.UsageError(f"--only takes {sorted(builders)}, got {sorted(unknown)}")
   load_before = os.getloadavg()[0]
+  layers.weight_gradient_form = FLAGS.weight_gradient
   print(f"{reporting.cpu_model()}; jax {jax.__version__}; batch {FLAGS.batch_size}, float32, "
-        f"{FLAGS.conv_impl} convs")
+        f"{FLAGS.conv_impl} convs; {layers.describe_cpu_gemms()}")
   for name in FLAGS.only:
     make_jax, make_torch = builders[name]
     step = make_jax(FLAGS.batch_size, FLAGS.conv_impl)

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from tlgan import reporting
+from tlgan.models import layers
 from benchmarks.jax_steps import (jax_dcgan, jax_dp_resnet18, jax_gn_resnet18, jax_projected_gan, jax_resnet18,
                                   load_note, measure)
 
@@ -46,6 +47,8 @@ flags.DEFINE_integer("batch_size", 128, "Batch size of both steps.", lower_bound
 flags.DEFINE_integer("rounds", 5, "Alternating rounds (tlgan, then torch) per step.", lower_bound=1)
 flags.DEFINE_integer("steps_per_round", 4, "Timed steps per framework per round.", lower_bound=1)
 flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "matmul"], "tlgan's convolution implementation.")
+flags.DEFINE_enum("weight_gradient", "auto", layers.WEIGHT_GRADIENT_FORMS,
+                  "How the CPU GEMMs' weight gradients are formed (tlgan.models.layers.transposed_weight_gradient).")
 flags.DEFINE_list("only", ["dcgan", "resnet18"], "Which steps to run (dcgan, resnet18, projected, dp_resnet18).")
 flags.DEFINE_integer("dp_microbatch", 0, "dp_resnet18: examples whose gradient norms are computed at once "
                      "(0: all).", lower_bound=0)
@@ -87,6 +90,7 @@ def _timed(fn) -> float:
 
 def main(_):
   load_before = os.getloadavg()[0]
+  layers.weight_gradient_form = FLAGS.weight_gradient
   if FLAGS.against_torch:
     threads = torch_reference.torch.get_num_threads()
   dp = lambda batch, conv_impl: jax_dp_resnet18(batch, conv_impl, FLAGS.dp_microbatch, FLAGS.dp_impl)
@@ -141,6 +145,8 @@ def main(_):
     reporting.write_json(FLAGS.json_out, {"rows": records, "peaks_gflops": peaks, "load": load,
                                           "cpu": reporting.cpu_model(), "xla_flags": os.environ.get("XLA_FLAGS", "")})
   print(f"\n{reporting.cpu_model()}; {load}")
+  if jax.default_backend() == "cpu":
+    print(layers.describe_cpu_gemms())
   print(f"Batch {FLAGS.batch_size}, float32, {jax.device_count()} {jax.default_backend()} device(s), "
         f"{os.cpu_count()} CPU threads" + (f" (torch: {threads})" if FLAGS.against_torch else "") + "; "
         + ", ".join(f"{k} matmul peak {v:,.0f} GFLOP/s" for k, v in peaks.items()))

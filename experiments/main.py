@@ -111,6 +111,10 @@ def main(argv):
   config = FLAGS.config
   logging.info("JAX %s, backend %s, process %d of %d, devices: %s", jax.__version__, jax.default_backend(),
                jax.process_index(), jax.process_count(), jax.devices())
+  if jax.default_backend() == "cpu":
+    from tlgan import reporting
+    from tlgan.models import layers
+    logging.info("CPU %s: %s", reporting.cpu_model(), layers.describe_cpu_gemms())
   logging.info("Config:\n%s", config)
 
   def work() -> int:

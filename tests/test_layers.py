@@ -154,3 +154,72 @@ def test_auto_keeps_xla_off_cpu(monkeypatch):
   assert "reduce_window_max" not in primitives(pool)
   with pytest.raises(ValueError, match="conv impl"):
     layers.resolve_impl("cudnn")
+
+
+@pytest.fixture
+def weight_gradient(monkeypatch):
+  """Sets layers.weight_gradient_form (and the CPU's vector extension) for one test, restored after it."""
+  def set_form(form, vector_extension=None):
+    monkeypatch.setattr(layers, "weight_gradient_form", form)
+    if vector_extension is not None:
+      monkeypatch.setattr("tlgan.reporting.vector_extension", lambda: vector_extension)
+      layers._avx2_without_avx512.cache_clear()
+  yield set_form
+  layers._avx2_without_avx512.cache_clear()
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,pad", CONV_CASES)
+def test_conv_matmul_with_transposed_weight_gradients_equals_lax(weight_gradient, x_shape, w_shape, stride, pad):
+  # Every GEMM's weight gradient formed as (g^T a)^T (k >= n) or (a^T) g (k < n): both branches occur here.
+  weight_gradient("transposed")
+  x, w = _normal(2, x_shape, w_shape)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  _compare(lambda x, w: layers.conv2d(x, w, stride, pad, impl="matmul"), ref, x, w)
+
+
+def _barriers(x_shape, w_shape):
+  x, w = jnp.zeros(x_shape), jnp.zeros(w_shape)
+  grad = jax.grad(lambda x, w: jnp.sum(layers.conv2d(x, w, 2, 1, impl="matmul")), argnums=(0, 1))
+  return str(jax.make_jaxpr(grad)(x, w)).count("optimization_barrier")
+
+
+def test_transposed_weight_gradient_only_for_large_products_on_avx2_without_avx512(weight_gradient):
+  d_conv1 = (128, 14, 14, 128), (4, 4, 128, 256)  # the DCGAN D's (6272 x 2048)^T (6272 x 256), batch 128
+  weight_gradient("auto", vector_extension="AVX2")
+  assert layers.transposed_weight_gradient(6272, 2048, 256)
+  assert not layers.transposed_weight_gradient(6272, 256, 2048)  # k < 4n
+  assert not layers.transposed_weight_gradient(512, 1152, 256)  # ResNet18's layer3: too small to pay
+  assert not layers.transposed_weight_gradient(25088, 16, 128)
+  assert _barriers(*d_conv1) == 2 and _barriers((2, 14, 14, 8), (4, 4, 8, 16)) == 0
+  assert "(g^T a)^T" in layers.describe_cpu_gemms()
+  for isa in ("AVX-512", "AVX-512 + AMX", "AVX", ""):  # measured to lose or not measured: as autodiff emits it
+    weight_gradient("auto", vector_extension=isa)
+    assert not layers.transposed_weight_gradient(6272, 2048, 256)
+    assert _barriers(*d_conv1) == 0
+    assert "as autodiff emits them" in layers.describe_cpu_gemms()
+  weight_gradient("transposed", vector_extension="AVX-512")
+  assert layers.transposed_weight_gradient(2, 3, 4) and _barriers((2, 14, 14, 8), (4, 4, 8, 16)) == 2
+  weight_gradient("direct", vector_extension="AVX2")
+  assert not layers.transposed_weight_gradient(6272, 2048, 256) and _barriers(*d_conv1) == 0
+  weight_gradient("fast")
+  with pytest.raises(ValueError, match="weight_gradient_form must be one of"):
+    layers.transposed_weight_gradient(6272, 2048, 256)
+
+
+def test_transposed_weight_gradient_at_the_dcgan_d_shape_equals_autodiff(weight_gradient):
+  # The form the rule picks on AVX2 CPUs, at the layer it picks it for (batch 32: m = 1568, k = 2048, n = 256),
+  # against the same convolution's gradients as autodiff emits them, in float64 on the host.
+  x, w = _normal(3, (32, 14, 14, 128), (4, 4, 128, 256))
+  g = _normal(4, (32, 7, 7, 256))[0]
+  grads = {}
+  for form in ("direct", "transposed"):
+    weight_gradient(form)
+    f = jax.jit(jax.grad(lambda x, w: jnp.sum(layers.conv2d(x, w, 2, 1, impl="matmul") * g), argnums=(0, 1)))
+    grads[form] = [np.asarray(v) for v in f(x, w)]
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  patches = np.concatenate([xp[:, a:a + 13:2, b:b + 13:2, :] for a in range(4) for b in range(4)], axis=-1)
+  dw = (patches.reshape(-1, 2048).T @ np.asarray(g, np.float64).reshape(-1, 256)).reshape(4, 4, 128, 256)
+  for form, (dx, dw_) in grads.items():
+    np.testing.assert_allclose(dw_, dw, rtol=1e-5, atol=1e-5 * np.abs(dw).max(), err_msg=form)
+  np.testing.assert_array_equal(grads["transposed"][0], grads["direct"][0])  # the input gradient is unchanged

@@ -29,6 +29,16 @@ def test_cpu_model_tells_cpus_apart(tmp_path, text, expected):
   assert reporting.cpu_model(str(path)) == expected
 
 
+@pytest.mark.parametrize("text, expected", [(ZEN3, "AVX2"), (ZEN4, "AVX-512"), (SAPPHIRE, "AVX-512 + AMX"),
+                                           ("processor\t: 0\nmodel name\t: Some CPU\n", "")])
+def test_vector_extension_is_the_widest_named_in_the_flags(tmp_path, text, expected):
+  # what tlgan.models.layers.transposed_weight_gradient decides by
+  path = tmp_path / "cpuinfo"
+  path.write_text(text)
+  assert reporting.vector_extension(str(path)) == expected
+  assert reporting.vector_extension(str(tmp_path / "missing")) == ""
+
+
 def test_cpu_model_without_cpuinfo(tmp_path):
   # no /proc/cpuinfo (macOS) or no model name in it (some ARM kernels): the platform's word, never empty
   assert reporting.cpu_model(str(tmp_path / "missing"))

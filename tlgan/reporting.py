@@ -29,13 +29,11 @@ def _vector_isa(flags) -> str:
   return ""
 
 
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-  """The processor's model name as lscpu shows it, with its family, model and widest vector extension:
-  "AMD EPYC (family 25 model 1, AVX2)". A time or a rate means little without it, and one name covers
-  different CPUs (an "AMD EPYC" may be a Zen 3 without AVX-512 or a Zen 4 with it)."""
+def _cpuinfo(path: str) -> Dict[str, str]:
+  """The first processor's fields in /proc/cpuinfo ({} if it cannot be read)."""
+  fields = {}
   try:
-    with open(cpuinfo, errors="replace") as f:  # a damaged file must not cost a run its summary
-      fields = {}
+    with open(path, errors="replace") as f:  # a damaged file must not cost a run its summary
       for line in f:
         if not line.strip():
           if fields:
@@ -44,7 +42,20 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
   except OSError:
-    fields = {}
+    return {}
+  return fields
+
+
+def vector_extension(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU's widest x86 vector extension ('AVX-512', 'AVX2 + AMX', ...), '' if none is named."""
+  return _vector_isa(set(_cpuinfo(cpuinfo).get("flags", "").split()))
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The processor's model name as lscpu shows it, with its family, model and widest vector extension:
+  "AMD EPYC (family 25 model 1, AVX2)". A time or a rate means little without it, and one name covers
+  different CPUs (an "AMD EPYC" may be a Zen 3 without AVX-512 or a Zen 4 with it)."""
+  fields = _cpuinfo(cpuinfo)
   name = fields.get("model name")
   if not name:
     import platform

@@ -15,6 +15,7 @@ it was measured as fast or faster for every convolution of tlgan's models (`pyth
 --conv_impl=xla|matmul compares whole steps). Both paths are tested to agree in value and in every gradient.
 """
 
+import functools
 from functools import partial
 from typing import Any, Callable, Sequence, Tuple
 
@@ -49,8 +50,75 @@ def _dot(a, b, precision):
   # As one 2-D GEMM: contracting a 4-D operand directly leaves the weight gradient as a contraction over
   # three batch dimensions, which XLA's CPU backend runs at half the speed (measured: 160 vs 77 ms for the
   # DCGAN's 7->14 transposed convolution, forward and backward).
-  out = jnp.dot(a.reshape(-1, a.shape[-1]), b, precision=precision)
+  a2 = a.reshape(-1, a.shape[-1])
+  if transposed_weight_gradient(*a2.shape, b.shape[1]):
+    out = _gemm_nn_weight_gradient(a2, b, precision)
+  else:
+    out = jnp.dot(a2, b, precision=precision)
   return out.reshape(*a.shape[:-1], b.shape[-1])
+
+
+# How a GEMM's weight gradient a^T g is computed on the CPU: "auto" (the rule below), "direct" (as autodiff
+# emits it) or "transposed" (always). A module setting for benchmarks and tests, read when a step is traced.
+WEIGHT_GRADIENT_FORMS = ("auto", "direct", "transposed")
+weight_gradient_form = "auto"
+
+
+@functools.lru_cache(maxsize=None)
+def _avx2_without_avx512() -> bool:
+  from tlgan.reporting import vector_extension  # from /proc/cpuinfo's flags
+  return vector_extension().startswith("AVX2")
+
+
+def transposed_weight_gradient(m: int, k: int, n: int) -> bool:
+  """Whether the weight gradient of an (m, k) x (k, n) GEMM is computed as (g^T a)^T rather than a^T g.
+
+  Autodiff emits a^T g as a product contracting both operands' major axis, which XLA's CPU backend runs
+  through Eigen; with g^T materialised (m x n, the small operand) it is a plain product that XLA hands to
+  YNNPACK. On a 2-core Zen 2 (AVX2), at the DCGAN D's (6272 x 2048)^T (6272 x 256): 95 ms against 48 alone, and
+  the whole DCGAN step 0.93x -> 1.04x PyTorch's; at small or square products the transposes cost more than they
+  save (0.4x-0.7x alone), and on AVX-512 CPUs the form was not measured to win in a step (README Performance).
+  So: on x86 CPUs with AVX2 but not AVX-512, for products of at least 1e9 multiply-adds whose k is at least 1024 and 4n."""
+  if weight_gradient_form not in WEIGHT_GRADIENT_FORMS:
+    raise ValueError(f"weight_gradient_form must be one of {WEIGHT_GRADIENT_FORMS}, got {weight_gradient_form!r}")
+  if weight_gradient_form != "auto":
+    return weight_gradient_form == "transposed"
+  return (m * k * n >= 1e9 and k >= max(1024, 4 * n) and jax.default_backend() == "cpu"
+          and _avx2_without_avx512())
+
+
+def describe_cpu_gemms() -> str:
+  """One line for a run's log: how the CPU convolutions' GEMMs are formed on this machine."""
+  if weight_gradient_form != "auto":
+    return f"convolutions as GEMMs; weight gradients {weight_gradient_form} (set by weight_gradient_form)"
+  if not _avx2_without_avx512():
+    return "convolutions as GEMMs; weight gradients as autodiff emits them (the CPU is not AVX2 without AVX-512)"
+  return ("convolutions as GEMMs; the weight gradients of large products (k >= 1024 and 4n, 1e9 multiply-adds) "
+          "as (g^T a)^T (AVX2 CPU without AVX-512)")
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _gemm_nn_weight_gradient(a, b, precision):
+  """a @ b, whose weight gradient is (g^T a)^T: see `transposed_weight_gradient`."""
+  return jnp.dot(a, b, precision=precision)
+
+
+def _gemm_nn_fwd(a, b, precision):
+  return jnp.dot(a, b, precision=precision), (a, b)
+
+
+def _gemm_nn_bwd(precision, res, g):
+  a, b = res
+  da = lax.dot_general(g, b, (((1,), (1,)), ((), ())), precision=precision)  # g b^T, as autodiff emits it
+  # The barriers keep XLA's simplifier from folding the transposes back into the product's dimension numbers.
+  if a.shape[1] >= g.shape[1]:
+    db = lax.optimization_barrier(jnp.dot(lax.optimization_barrier(g.T), a, precision=precision)).T
+  else:
+    db = jnp.dot(lax.optimization_barrier(a.T), g, precision=precision)
+  return da, db
+
+
+_gemm_nn_weight_gradient.defvjp(_gemm_nn_fwd, _gemm_nn_bwd)
 
 
 def conv2d(x, kernel, stride: Pair, padding: Pair, impl: str = "auto", precision=None):
