@@ -78,7 +78,8 @@ def transposed_weight_gradient(m: int, k: int, n: int) -> bool:
   YNNPACK. On a 2-core Zen 2 (AVX2), at the DCGAN D's (6272 x 2048)^T (6272 x 256): 95 ms against 48 alone, and
   the whole DCGAN step 0.93x -> 1.04x PyTorch's; at small or square products the transposes cost more than they
   save (0.4x-0.7x alone), and on AVX-512 CPUs the form was not measured to win in a step (README Performance).
-  So: on x86 CPUs with AVX2 but not AVX-512, for products of at least 1e9 multiply-adds whose k is at least 1024 and 4n."""
+  So: on x86 CPUs with AVX2 but not AVX-512, for products of at least 1e9 multiply-adds whose k is at least
+  1024 and 4n."""
   if weight_gradient_form not in WEIGHT_GRADIENT_FORMS:
     raise ValueError(f"weight_gradient_form must be one of {WEIGHT_GRADIENT_FORMS}, got {weight_gradient_form!r}")
   if weight_gradient_form != "auto":
