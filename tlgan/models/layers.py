@@ -15,8 +15,7 @@ it was measured as fast or faster for every convolution of tlgan's models (`pyth
 --conv_impl=xla|matmul compares whole steps). Both paths are tested to agree in value and in every gradient.
 """
 
-import functools
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable, Sequence, Tuple
 
 import flax.linen as nn
@@ -62,9 +61,11 @@ def _dot(a, b, precision):
 # emits it) or "transposed" (always). A module setting for benchmarks and tests, read when a step is traced.
 WEIGHT_GRADIENT_FORMS = ("auto", "direct", "transposed")
 weight_gradient_form = "auto"
+# The "auto" rule's bounds: products of at least _MIN_MACS multiply-adds whose k is at least _MIN_K and _K_PER_N * n.
+_MIN_MACS, _MIN_K, _K_PER_N = 1e9, 1024, 4
 
 
-@functools.lru_cache(maxsize=None)
+@lru_cache(maxsize=None)
 def _avx2_without_avx512() -> bool:
   from tlgan.reporting import vector_extension  # from /proc/cpuinfo's flags
   return vector_extension().startswith("AVX2")
@@ -84,7 +85,7 @@ def transposed_weight_gradient(m: int, k: int, n: int) -> bool:
     raise ValueError(f"weight_gradient_form must be one of {WEIGHT_GRADIENT_FORMS}, got {weight_gradient_form!r}")
   if weight_gradient_form != "auto":
     return weight_gradient_form == "transposed"
-  return (m * k * n >= 1e9 and k >= max(1024, 4 * n) and jax.default_backend() == "cpu"
+  return (m * k * n >= _MIN_MACS and k >= max(_MIN_K, _K_PER_N * n) and jax.default_backend() == "cpu"
           and _avx2_without_avx512())
 
 
@@ -94,8 +95,8 @@ def describe_cpu_gemms() -> str:
     return f"convolutions as GEMMs; weight gradients {weight_gradient_form} (set by weight_gradient_form)"
   if not _avx2_without_avx512():
     return "convolutions as GEMMs; weight gradients as autodiff emits them (the CPU is not AVX2 without AVX-512)"
-  return ("convolutions as GEMMs; the weight gradients of large products (k >= 1024 and 4n, 1e9 multiply-adds) "
-          "as (g^T a)^T (AVX2 CPU without AVX-512)")
+  return (f"convolutions as GEMMs; the weight gradients of large products (k >= {_MIN_K} and {_K_PER_N}n, "
+          f"{_MIN_MACS:,.0f} multiply-adds) as (g^T a)^T (AVX2 CPU without AVX-512)")
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
